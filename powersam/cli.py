@@ -24,17 +24,22 @@ class CommandError(Exception):
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from .models.zoo import MODEL_SPECS
+    from .models.zoo import MODEL_GROUP_DESCRIPTIONS, MODEL_GROUPS, MODEL_SPECS
 
     for spec in MODEL_SPECS.values():
         print(f"{spec.name:24s} {spec.description}")
+    print("\ngroups (usable wherever a comma list of model names is):")
+    for group, members in MODEL_GROUPS.items():
+        print(f"{group:24s} {MODEL_GROUP_DESCRIPTIONS.get(group, '')}".rstrip())
+        print(f"{'':24s} = {','.join(members)}")
     return 0
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
+    from .models.zoo import expand_model_names
     from .utils.model_info import format_model_info, model_info
 
-    names = [n.strip() for n in args.model.split(",") if n.strip()]
+    names = expand_model_names(args.model)
     infos = [model_info(name, img_size=args.size, det_size=args.det_size) for name in names]
     if args.json:
         print(json.dumps(infos if len(infos) > 1 else infos[0], indent=2))
@@ -67,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_models)
 
     p = sub.add_parser("info", help="parameters and GMACs per component")
-    p.add_argument("model", help="zoo name, or several separated by commas")
+    p.add_argument("model", help="zoo name, or several and/or group names (table1, table2) separated by commas")
     p.add_argument("--size", type=int, default=1024, help="input size for the MAC count (default 1024)")
     p.add_argument("--det-size", type=int, default=None, help="input size of a decoupled model's detector (default 640)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -16,6 +16,22 @@ def test_models_lists_the_zoo(capsys):
         assert name in out
 
 
+def test_models_lists_the_groups(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "table1" in out and "sam_vit_b,sam_vit_h,sam2_hiera_l,slimsam_50,edgesam,powersam_b,powersam_s" in out
+    assert "table2" in out and "powersam_s,powersam_b,powersam_s_decoupled,powersam_b_decoupled" in out
+
+
+def test_info_accepts_groups(capsys, monkeypatch):
+    import powersam.utils.model_info as model_info_module
+
+    monkeypatch.setattr(model_info_module, "model_info", lambda name, img_size, det_size: {"model": name})
+    assert main(["info", "edgesam,table2", "--json"]) == 0
+    names = [info["model"] for info in json.loads(capsys.readouterr().out)]
+    assert names == ["edgesam", "powersam_s", "powersam_b", "powersam_s_decoupled", "powersam_b_decoupled"]
+
+
 def test_info_json(capsys):
     assert main(["info", "powersam_s", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)

@@ -44,7 +44,8 @@ def benchmark(
     """Build every model × runtime, time them interleaved, and return the ``bench.json`` payload.
 
     Args:
-        models: zoo names (validated before anything is built).
+        models: zoo names and/or group names (``"table1"``, …, see :data:`~powersam.models.zoo.MODEL_GROUPS`),
+            or one comma-separated string of them; expanded and validated before anything is built.
         runtimes: ``"torch"``, ``"onnx"``, ``"onnx-int8"``. A runtime that cannot run here gets a record with
             ``"available": false`` and the reason in ``"error"``.
         settings: a :class:`~powersam.bench.pipelines.BenchSettings`.
@@ -56,16 +57,15 @@ def benchmark(
     Returns:
         ``{"machine": {...}, "settings": {...}, "records": [one per model × runtime, model-major]}``.
     """
-    from ..models.zoo import get_spec
+    from ..models.zoo import expand_model_names
     from .pipelines import RUNTIMES, RuntimeUnavailable, build_bench_model, build_pipeline, pinned_threads
 
-    for name in models:
-        get_spec(name)  # raises ValueError naming the known models
+    if not models or not runtimes:
+        raise ValueError("give at least one model and one runtime")
+    models = expand_model_names(models)  # raises ValueError naming the unknown entries, the groups and models
     for runtime in runtimes:
         if runtime not in RUNTIMES:
             raise ValueError(f"unknown runtime {runtime!r}; known runtimes: {', '.join(RUNTIMES)}")
-    if not models or not runtimes:
-        raise ValueError("give at least one model and one runtime")
 
     slots: list[Any] = []  # a Pipeline, or the record of an unavailable runtime
     with pinned_threads(settings.threads):
@@ -126,7 +126,10 @@ def write_bench_outputs(bench: dict[str, Any], out_dir: str | Path,
 
 
 def load_miou_results(items: Sequence[str]) -> dict[str, dict]:
-    """``FILE`` (model name read from the JSON's ``"model"``) or ``NAME=FILE`` → {model: eval miou result}."""
+    """``FILE`` (model name read from the JSON's ``"model"``) or ``NAME=FILE`` → {model: eval miou result}.
+
+    A several-model ``powersam eval miou --json`` file (``{"models": {name: result}}``) gives all its models, or
+    with ``NAME=FILE`` only that one."""
     results: dict[str, dict] = {}
     for item in items:
         name, sep, path = item.partition("=")
@@ -136,6 +139,14 @@ def load_miou_results(items: Sequence[str]) -> dict[str, dict]:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
             raise ValueError(f"{path} is not valid JSON: {err}") from None
+        if isinstance(data, dict) and isinstance(data.get("models"), dict) and "miou" not in data:
+            combined = {k: v for k, v in data["models"].items() if isinstance(v, dict) and isinstance(v.get("miou"), dict)}
+            if name and name not in combined:
+                raise ValueError(f"{path} has no result for {name!r}; it has: {', '.join(combined) or 'none'}")
+            if not combined:
+                raise ValueError(f"{path} holds no model's 'powersam eval miou' result")
+            results.update({name: combined[name]} if name else combined)
+            continue
         if not isinstance(data, dict) or not isinstance(data.get("miou"), dict):
             raise ValueError(f"{path} is not a 'powersam eval miou --json' result (no 'miou' object)")
         name = name or data.get("model")
@@ -174,7 +185,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         "mask upsampling) and each stage, for every model x runtime, interleaved round-robin in one process. "
         "All selected models stay built at once (interleaving needs them): SAM ViT-H at 1024 alone takes ~2.5 GB.")
     parser.add_argument("--models", default=DEFAULT_MODELS,
-                        help=f"comma-separated zoo names (default {DEFAULT_MODELS})")
+                        help="comma-separated zoo names and/or group names (table1: the paper's Table 1 models, "
+                             f"table2: integrated vs decoupled; see 'powersam models'; default {DEFAULT_MODELS})")
     parser.add_argument("--runtime", default="torch",
                         help="comma-separated: torch, onnx, onnx-int8 (default torch); a runtime that cannot run "
                              "here is recorded as 'not available' with the reason")
@@ -193,7 +205,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH",
                         help="weights for a model (repeatable); others get random weights")
     parser.add_argument("--miou-json", nargs="+", default=[], metavar="[NAME=]FILE",
-                        help="'powersam eval miou --json' results to put next to the latencies")
+                        help="'powersam eval miou' results to put next to the latencies: its --json file (one "
+                             "model, or several: all are taken) or the per-model files of its --out DIR")
     parser.add_argument("--out", type=Path, default=Path("bench"),
                         help="output folder for bench.json, bench.md and the figure; ONNX runtimes export their "
                              "graphs to OUT/graphs (default ./bench)")

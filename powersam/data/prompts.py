@@ -122,6 +122,20 @@ def _interior_most(mask: np.ndarray) -> tuple[int, int]:
     return int(row), int(col)
 
 
+def _nearest_to_centroid(mask: np.ndarray) -> tuple[int, int]:
+    """(row, col) of the mask pixel nearest the mask's centroid (the mean of its pixel positions).
+
+    The centroid itself may lie outside a non-convex mask (a U, a ring); the returned pixel is always inside.
+    Ties (equal distances) go to the first pixel in row-major order, so the choice is deterministic."""
+    pixels = np.argwhere(mask)
+    centroid = pixels.mean(axis=0)
+    row, col = pixels[np.argmin(((pixels - centroid) ** 2).sum(axis=1))]
+    return int(row), int(col)
+
+
+POINT_MODES = ("random", "center", "mask-center")
+
+
 def _to_frame(rows_cols: np.ndarray, scale: float) -> np.ndarray:
     """(row, col) indices → (x, y) points at the centre of the cell in a frame ``scale`` times larger."""
     return ((rows_cols[..., ::-1].astype(np.float64) + 0.5) * scale - 0.5).astype(np.float32)
@@ -134,27 +148,30 @@ def sample_points_in_masks(
 
     Args:
         masks: N×H×W bool.
-        k: points per mask ("random": distinct pixels while the mask has ≥ k of them; "center": k must be 1).
-        mode: "random" (uniform over the mask) or "center" (the interior-most pixel, the maximum of a
-            distance transform; ties go to the first in row-major order).
+        k: points per mask ("random": distinct pixels while the mask has ≥ k of them; "center" and
+            "mask-center": k must be 1).
+        mode: "random" (uniform over the mask), "center" (the interior-most pixel, the maximum of a
+            distance transform; of equally deep pixels the one nearest their mean position) or "mask-center"
+            (the mask pixel nearest the mask's centroid, which itself may lie outside a non-convex mask; ties go
+            to the first in row-major order).
         scale: see the module docstring.
 
     Returns:
         coords N×k×2 float32 (x, y) and labels N×k int64: 1, or −1 (padding, coords 0) for an empty mask.
     """
-    if mode not in ("random", "center"):
-        raise ValueError(f"mode must be 'random' or 'center'; got {mode!r}")
-    if k < 1 or (mode == "center" and k != 1):
-        raise ValueError(f"k must be >= 1 (and 1 for mode='center'); got {k}")
+    if mode not in POINT_MODES:
+        raise ValueError(f"mode must be one of {', '.join(repr(m) for m in POINT_MODES)}; got {mode!r}")
+    if k < 1 or (mode != "random" and k != 1):
+        raise ValueError(f"k must be >= 1 (and 1 for mode={mode!r}); got {k}")
     array = _as_masks(masks, "masks")
     rng = as_numpy_rng(rng)
     n, _, width = array.shape
     rows_cols = np.zeros((n, k, 2), dtype=np.int64)
     labels = np.full((n, k), -1, dtype=np.int64)
     for i in range(n):
-        if mode == "center":
+        if mode != "random":
             if array[i].any():
-                rows_cols[i, 0] = _interior_most(array[i])
+                rows_cols[i, 0] = (_interior_most if mode == "center" else _nearest_to_centroid)(array[i])
                 labels[i] = 1
             continue
         pixels = np.flatnonzero(array[i])

@@ -1,6 +1,10 @@
 """Argument parsing and entry points of ``powersam eval miou`` and ``powersam eval det``.
 
 Both return a process exit code: 0 on success, 1 on a reported failure (the message goes to stderr).
+
+``eval miou`` also evaluates several models in one run (``--model table1`` or ``--model a,b,c``, weights as
+``--checkpoint NAME=PATH`` like ``powersam bench``): the dataset is read once, each model is built, evaluated
+and freed in turn, one that fails is reported and the rest still run (exit 1 at the end).
 """
 from __future__ import annotations
 
@@ -13,27 +17,42 @@ from typing import Any, Optional
 _SPLITS = ("train", "val", "all")
 
 
-def _add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None, help="zoo model name (optional with a PowerSAM checkpoint)")
-    parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="weights to load (an official file, or one written by powersam)")
+def _add_common_arguments(parser: argparse.ArgumentParser, several_models: bool = False) -> None:
+    if several_models:
+        parser.add_argument("--model", default=None,
+                            help="zoo model name (optional with a PowerSAM checkpoint), or a comma list of model and "
+                                 "group names (table1, table2; see 'powersam models'): evaluated in turn on the same data")
+        parser.add_argument("--checkpoint", action="append", default=[], metavar="FILE|NAME=PATH",
+                            help="weights to load (an official file, or one written by powersam); with several models "
+                                 "give NAME=PATH, repeatable, as for 'powersam bench' (models without one get random "
+                                 "weights)")
+    else:
+        parser.add_argument("--model", default=None, help="zoo model name (optional with a PowerSAM checkpoint)")
+        parser.add_argument("--checkpoint", type=Path, default=None,
+                            help="weights to load (an official file, or one written by powersam)")
     parser.add_argument("--data", type=Path, required=True, help="COCO dataset folder or annotation JSON")
     parser.add_argument("--images-dir", type=Path, default=None, help="folder the JSON's file_name entries are relative to")
     parser.add_argument("--split", choices=_SPLITS, default="val", help="dataset split (default val; 'all' = every image)")
     parser.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images")
     parser.add_argument("--img-size", type=int, default=None, help="network input size (default 1024, or the checkpoint's)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--json", type=Path, default=None, metavar="OUT", help="also write the full result as JSON")
+    parser.add_argument("--json", type=Path, default=None, metavar="OUT",
+                        help="also write the full result as JSON" + (
+                            ' (several models: {"models": {name: result}})' if several_models else ""))
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def add_miou_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Arguments of ``powersam eval miou``."""
-    _add_common_arguments(parser)
+    _add_common_arguments(parser, several_models=True)
+    parser.add_argument("--out", type=Path, default=None, metavar="DIR",
+                        help="also write one JSON per model, DIR/NAME_miou.json (as --json writes for one model; "
+                             "'powersam bench --miou-json DIR/*_miou.json' takes them)")
     parser.add_argument("--prompts", default="box,point", help="comma-separated prompt kinds: box, point (default both)")
     parser.add_argument("--refine", type=int, default=2, help="corrective clicks after the first prompt (default 2)")
-    parser.add_argument("--point-from", choices=("center", "random"), default="center",
-                        help="initial point: interior-most mask pixel (default) or a random mask pixel")
+    parser.add_argument("--point-from", choices=("center", "mask-center", "random"), default="center",
+                        help="initial point: interior-most mask pixel (default), the mask pixel nearest the mask's "
+                             "centroid, or a random mask pixel")
     parser.add_argument("--click-mode", choices=("center", "random"), default="center",
                         help="corrective click: centre of the largest error region (default) or a random error pixel")
     parser.add_argument("--max-instances", type=int, default=None, help="at most N instances per image")
@@ -75,19 +94,37 @@ def _build(args: argparse.Namespace, **kwargs: Any) -> Any:
     return model.to(device).eval()
 
 
+def _payload(args: argparse.Namespace, model_name: Optional[str], checkpoint: Optional[Path],
+             result: dict[str, Any]) -> dict[str, Any]:
+    """The JSON written for one model (``--json`` with one model, each file of ``--out``)."""
+    return {
+        "model": model_name,
+        "checkpoint": str(checkpoint) if checkpoint else None,
+        "data": str(args.data),
+        "split": args.split,
+        **result,
+    }
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {path}")
+
+
+def _per_model_path(out_dir: Path, name: str) -> Path:
+    return out_dir / f"{name}_miou.json"
+
+
 def _finish(args: argparse.Namespace, result: dict[str, Any], report: str, model: Any) -> int:
     print(report)
-    if args.json is not None:
-        payload = {
-            "model": getattr(model, "model_name", args.model),
-            "checkpoint": str(args.checkpoint) if args.checkpoint else None,
-            "data": str(args.data),
-            "split": args.split,
-            **result,
-        }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {args.json}")
+    out_dir = getattr(args, "out", None)
+    if args.json is not None or out_dir is not None:
+        payload = _payload(args, getattr(model, "model_name", args.model), args.checkpoint, result)
+        if args.json is not None:
+            _write_json(args.json, payload)
+        if out_dir is not None:
+            _write_json(_per_model_path(out_dir, payload["model"] or "model"), payload)
     return 0
 
 
@@ -96,22 +133,114 @@ def _fail(err: BaseException) -> int:
     return 1
 
 
+def _miou_models(args: argparse.Namespace) -> tuple[list[Optional[str]], dict[Optional[str], Path]]:
+    """The models of ``eval miou`` (expanded, deduplicated) and their checkpoints, validated before any reading.
+
+    ``--checkpoint`` items are ``NAME=PATH`` when NAME is a zoo model name, else a plain FILE (only with one
+    model). Returns ``([None], {None: FILE})`` for a lone checkpoint that names its own model."""
+    from powersam.models.zoo import MODEL_SPECS, expand_model_names
+
+    names: list[Optional[str]] = expand_model_names(args.model) if args.model is not None else []
+    items = args.checkpoint if isinstance(args.checkpoint, list) else ([] if args.checkpoint is None else [args.checkpoint])
+    named: dict[str, Path] = {}
+    plain: list[Path] = []
+    for item in items:
+        name, sep, path = str(item).partition("=")
+        if sep and name in MODEL_SPECS and path:
+            if name in named:
+                raise ValueError(f"--checkpoint given twice for {name!r}")
+            named[name] = Path(path)
+        else:
+            plain.append(Path(item))
+    if len(names) > 1:
+        if plain:
+            raise ValueError(f"with several models give each checkpoint as NAME=PATH (as 'powersam bench' does); "
+                             f"got {str(plain[0])!r}")
+        stray = [name for name in named if name not in names]
+        if stray:
+            raise ValueError(f"--checkpoint for {', '.join(map(repr, stray))}, which is not among the models "
+                             f"evaluated: {', '.join(names)}")
+        for name, path in named.items():
+            if not path.is_file():
+                raise FileNotFoundError(f"--checkpoint {name}: {path} does not exist")
+        return names, dict(named)
+    if len(plain) + len(named) > 1:
+        raise ValueError("one model takes one --checkpoint")
+    if named:
+        (name, path), = named.items()
+        if names and names[0] != name:
+            raise ValueError(f"--checkpoint {name}=…: the model evaluated is {names[0]!r}")
+        return [name], {name: path}
+    name = names[0] if names else None
+    return [name], ({name: plain[0]} if plain else {})
+
+
+def _miou_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(prompts=args.prompts, refine_iters=args.refine, point_from=args.point_from,
+                click_mode=args.click_mode, max_images=args.max_images, seed=args.seed,
+                max_instances_per_image=args.max_instances, progress=not args.no_progress,
+                use_mask_input=args.use_mask_input)
+
+
 def run_miou(args: argparse.Namespace) -> int:
-    """``powersam eval miou``: mIoU with GT box / point prompts and corrective clicks."""
+    """``powersam eval miou``: mIoU with GT box / point prompts and corrective clicks, for one model or several."""
     from powersam.eval.miou import evaluate_miou, format_miou_report
 
     try:
+        names, checkpoints = _miou_models(args)
+        if len(names) > 1:
+            return _run_miou_several(args, names, checkpoints)
+        # One model: exactly the single-model command (report, JSON layout, exit code).
+        args = argparse.Namespace(**{**vars(args), "model": names[0], "checkpoint": checkpoints.get(names[0])})
         dataset = _open_dataset(args)
         model = _build(args)
-        result = evaluate_miou(
-            model, dataset, prompts=args.prompts, refine_iters=args.refine, point_from=args.point_from,
-            click_mode=args.click_mode, max_images=args.max_images, seed=args.seed,
-            max_instances_per_image=args.max_instances, progress=not args.no_progress,
-            use_mask_input=args.use_mask_input,
-        )
+        result = evaluate_miou(model, dataset, **_miou_kwargs(args))
         return _finish(args, result, format_miou_report(result), model)
     except (ValueError, TypeError, FileNotFoundError, RuntimeError, OSError) as err:
         return _fail(err)
+
+
+def _run_miou_several(args: argparse.Namespace, names: list[str], checkpoints: dict[str, Path]) -> int:
+    """Read the dataset once; build, evaluate and free each model in turn; a failing model does not stop the rest."""
+    import gc
+
+    import torch
+
+    from powersam.eval.miou import evaluate_miou, format_miou_comparison
+
+    dataset = _open_dataset(argparse.Namespace(**{**vars(args), "model": names[0]}))
+    results: dict[str, dict[str, Any]] = {}
+    failed: dict[str, str] = {}
+    for index, name in enumerate(names, 1):
+        checkpoint = checkpoints.get(name)
+        print(f"[{index}/{len(names)}] {name}: " + (str(checkpoint) if checkpoint else "random weights (no --checkpoint)"),
+              flush=True)
+        model = None
+        try:
+            model = _build(argparse.Namespace(**{**vars(args), "model": name, "checkpoint": checkpoint}))
+            result = evaluate_miou(model, dataset, **_miou_kwargs(args))
+        except Exception as err:  # noqa: BLE001 - one model's failure (bad weights, out of memory) must not stop the rest
+            failed[name] = f"{type(err).__name__}: {err}"
+            print(f"error: {name}: {failed[name]}", file=sys.stderr, flush=True)
+        else:
+            results[name] = _payload(args, getattr(model, "model_name", name), checkpoint, result)
+            values = "  ".join(f"{k} {'-' if v is None else f'{v:.1f}'}" for k, v in result["miou"].items())
+            print(f"  {values}  ({result['num_instances']} instances, {result['num_images']} images"
+                  + (f", {len(result['failed_images'])} failed images)" if result["failed_images"] else ")"))
+            if args.out is not None:
+                _write_json(_per_model_path(args.out, name), results[name])
+        finally:
+            del model
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    print(format_miou_comparison(results, failed))
+    if args.json is not None:
+        _write_json(args.json, {"models": results, **({"failed": failed} if failed else {})})
+    if failed:
+        print(f"error: {len(failed)} of {len(names)} models failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def run_det(args: argparse.Namespace) -> int:

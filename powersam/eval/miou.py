@@ -21,7 +21,13 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from powersam.data.prompts import append_points, sample_points_in_masks, sample_refinement_clicks, subsample_instances
+from powersam.data.prompts import (
+    POINT_MODES,
+    append_points,
+    sample_points_in_masks,
+    sample_refinement_clicks,
+    subsample_instances,
+)
 
 PROMPT_MODES = ("box", "point")
 SIZE_BUCKETS = (("small", 32**2), ("medium", 96**2), ("large", float("inf")))  # COCO area thresholds
@@ -94,9 +100,10 @@ def _check_options(prompts: Sequence[str], refine_iters: int, point_from: str, c
         raise ValueError(f"prompts must be distinct entries of {PROMPT_MODES}; got {prompts!r}")
     if not isinstance(refine_iters, (int, np.integer)) or isinstance(refine_iters, bool) or refine_iters < 0:
         raise ValueError(f"refine_iters must be an int >= 0; got {refine_iters!r}")
-    for name, value in (("point_from", point_from), ("click_mode", click_mode)):
-        if value not in ("center", "random"):
-            raise ValueError(f"{name} must be 'center' or 'random'; got {value!r}")
+    if point_from not in POINT_MODES:
+        raise ValueError(f"point_from must be one of {', '.join(repr(m) for m in POINT_MODES)}; got {point_from!r}")
+    if click_mode not in ("center", "random"):
+        raise ValueError(f"click_mode must be 'center' or 'random'; got {click_mode!r}")
     for name, value in (("max_images", max_images), ("max_instances_per_image", max_instances_per_image)):
         if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
             raise ValueError(f"{name} must be None or a positive int; got {value!r}")
@@ -196,7 +203,8 @@ def evaluate_miou(
         dataset: a :class:`~powersam.data.coco.CocoInstances` with masks (or any sequence of ``Sample``).
         prompts: ``"box"`` and/or ``"point"`` (also a comma-separated string).
         refine_iters: corrective clicks after the initial prompt.
-        point_from: initial point: ``"center"`` (interior-most mask pixel) or ``"random"`` (uniform in the mask).
+        point_from: initial point: ``"center"`` (interior-most mask pixel), ``"mask-center"`` (the mask pixel
+            nearest the mask's centroid) or ``"random"`` (uniform in the mask).
         click_mode: corrective click: ``"center"`` (interior-most pixel of the largest error region) or
             ``"random"`` (uniform over all error pixels, the reference rule).
         max_images: evaluate only the first N images.
@@ -305,4 +313,34 @@ def format_miou_report(result: dict[str, Any]) -> str:
     if result["failed_images"]:
         lines.append(f"{len(result['failed_images'])} image(s) failed:")
         lines += [f"  {f['image_id']}: {f['error']}" for f in result["failed_images"]]
+    return "\n".join(lines)
+
+
+def step_label(key: str) -> str:
+    """Column heading of a step key: ``"box+1"`` → ``"Box+1"``."""
+    return key[:1].upper() + key[1:]
+
+
+def format_miou_comparison(results: dict[str, dict[str, Any]], failed: Optional[dict[str, str]] = None) -> str:
+    """One table for several models: rows = models, columns = the steps (Box, Box+1, …, Point+2) as mIoU ×100.
+
+    ``results`` maps a model name to its :func:`evaluate_miou` result; ``failed`` a model name to its error
+    (listed under the table)."""
+    failed = failed or {}
+    keys: list[str] = []
+    for result in results.values():
+        keys += [k for k in result["miou"] if k not in keys]
+    names = [*results, *(name for name in failed if name not in results)]
+    label_width = max(12, *(len(name) + 1 for name in names)) if names else 12
+    width = max(8, *(len(k) + 1 for k in keys)) if keys else 8
+    lines = [f"mIoU ×100 ({len(results)} model(s) evaluated" + (f", {len(failed)} failed)" if failed else ")"),
+             f"{'model':{label_width}}" + "".join(f"{step_label(k):>{width}}" for k in keys) + f"{'instances':>11}"]
+    lines.append("-" * len(lines[-1]))
+    for name in names:
+        if name in results:
+            values = results[name]["miou"]
+            lines.append(f"{name:{label_width}}" + "".join(_cell(values.get(k), width) for k in keys)
+                         + f"{results[name]['num_instances']:>11}")
+        else:
+            lines.append(f"{name:{label_width}}  failed: {failed[name]}")
     return "\n".join(lines)

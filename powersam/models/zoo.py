@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from torch import nn
 
@@ -125,10 +125,46 @@ MODEL_SPECS: dict[str, ModelSpec] = {
 
 VIT_ENCODERS = ("vit_b", "vit_l", "vit_h", "vit_t", "vit_p50", "vit_p77")
 
+# Named model lists (data), accepted wherever a comma list of zoo names is (``powersam bench --models``,
+# ``powersam eval miou --model``, ``powersam info``) and expanded by :func:`expand_model_names`.
+MODEL_GROUPS: dict[str, tuple[str, ...]] = {
+    # The paper's Table 1: interactive mIoU under the six prompt modes and latency of seven models.
+    "table1": ("sam_vit_b", "sam_vit_h", "sam2_hiera_l", "slimsam_50", "edgesam", "powersam_b", "powersam_s"),
+    # The paper's Table 2: integrated (shared backbone) vs decoupled (separate YOLOX-S) detect-and-segment.
+    "table2": ("powersam_s", "powersam_b", "powersam_s_decoupled", "powersam_b_decoupled"),
+}
+MODEL_GROUP_DESCRIPTIONS: dict[str, str] = {
+    "table1": "paper Table 1: SAM-B, SAM-H, SAM2-L, SlimSAM, EdgeSAM, PowerSAM-B, PowerSAM-S",
+    "table2": "paper Table 2: integrated vs decoupled PowerSAM-S/B",
+}
+
 
 def list_models() -> list[str]:
     """Names accepted by :func:`build_model`."""
     return list(MODEL_SPECS)
+
+
+def expand_model_names(names: str | Sequence[str]) -> list[str]:
+    """Zoo names from a comma list (or a sequence of entries) mixing group names (:data:`MODEL_GROUPS`) and
+    model names: groups are expanded in place, duplicates dropped, first-seen order kept.
+
+    Raises ``ValueError`` naming every unknown entry and listing the known groups and models, or when the list
+    is empty.
+    """
+    items = names.split(",") if isinstance(names, str) else [p for item in names for p in str(item).split(",")]
+    items = [item.strip() for item in items if item.strip()]
+    if not items:
+        raise ValueError(f"no model given; known groups: {', '.join(MODEL_GROUPS)}; known models: {', '.join(MODEL_SPECS)}")
+    unknown = [item for item in items if item not in MODEL_GROUPS and item not in MODEL_SPECS]
+    if unknown:
+        listed = ", ".join(repr(u) for u in dict.fromkeys(unknown))
+        raise ValueError(f"unknown model{'s' if len(set(unknown)) > 1 else ''} {listed}; known groups: "
+                         f"{', '.join(MODEL_GROUPS)}; known models: {', '.join(MODEL_SPECS)}")
+    expanded: dict[str, None] = {}
+    for item in items:
+        for name in MODEL_GROUPS.get(item, (item,)):
+            expanded.setdefault(name, None)
+    return list(expanded)
 
 
 def get_spec(name: str) -> ModelSpec:

@@ -218,6 +218,9 @@ def test_cli_writes_outputs_with_miou(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--models", "powersam_xxl"], "unknown model 'powersam_xxl'"),
+    (["--models", "table2,tabel1"], "unknown model 'tabel1'; known groups: table1, table2; known models: sam_vit_b"),
+    # A group expands and validates before anything is built (the runtime check comes after the model names).
+    (["--models", "table1,edgesam", "--runtime", "tensorrt"], "unknown runtime 'tensorrt'"),
     (["--models", "powersam_s", "--runtime", "tensorrt"], "unknown runtime 'tensorrt'"),
     (["--models", "edgesam", "--size", "64", "--boxes", "detected"], "has no detector"),
     (["--checkpoint", "powersam_s"], "NAME=PATH"),
@@ -245,3 +248,34 @@ def test_cli_usage_errors_exit_2(argv):
     with pytest.raises(SystemExit) as exc:
         _parse(argv)
     assert exc.value.code == 2
+
+
+def test_benchmark_expands_groups_before_building(monkeypatch):
+    from powersam.models.zoo import MODEL_GROUPS
+
+    built = []
+
+    def fake_build(name, settings):
+        built.append(name)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(bench_pipelines, "build_bench_model", fake_build)
+    with pytest.raises(RuntimeError, match="stop here"):
+        benchmark(["table1", "sam_vit_b", "powersam_s_decoupled"], ["torch"], BenchSettings(img_size=64))
+    assert built == [MODEL_GROUPS["table1"][0]]  # the first model of the expanded list is built first
+    with pytest.raises(ValueError, match="unknown model 'table3'"):
+        benchmark("table3", ["torch"], BenchSettings(img_size=64))
+    assert len(built) == 1
+
+
+def test_miou_json_of_several_models(tmp_path):
+    from powersam.bench.cli import load_miou_results
+
+    combined = tmp_path / "all.json"
+    combined.write_text(json.dumps({"models": {"edgesam": {"model": "edgesam", "miou": {"box": 1.0}},
+                                               "powersam_s": {"model": "powersam_s", "miou": {"box": 2.0}}},
+                                    "failed": {"sam_vit_h": "oom"}}))
+    assert list(load_miou_results([str(combined)])) == ["edgesam", "powersam_s"]
+    assert load_miou_results([f"powersam_s={combined}"])["powersam_s"]["miou"] == {"box": 2.0}
+    with pytest.raises(ValueError, match="no result for 'sam_vit_h'; it has: edgesam, powersam_s"):
+        load_miou_results([f"sam_vit_h={combined}"])

@@ -80,6 +80,38 @@ def test_center_point_is_interior_most() -> None:
         sample_points_in_masks(masks, 0, k=2, mode="center")
 
 
+def test_mask_center_point_is_the_mask_pixel_nearest_the_centroid() -> None:
+    masks = np.zeros((3, H, W), dtype=bool)
+    masks[0, 4:22, 5:10] = True  # left arm of a U
+    masks[0, 4:22, 25:30] = True  # right arm
+    masks[0, 17:22, 5:30] = True  # bottom bar: the centroid falls in the empty middle of the U
+    masks[1, 2:7, 3:12] = True  # convex: the centroid pixel itself (x 7, y 4)
+    rows, cols = np.nonzero(masks[0])
+    centroid = np.array([rows.mean(), cols.mean()])
+    assert not masks[0][tuple(np.round(centroid).astype(int))], "the test needs a centroid outside the mask"
+    coords, labels = sample_points_in_masks(masks, np.random.default_rng(0), mode="mask-center")
+    np.testing.assert_array_equal(labels, [[1], [1], [-1]])
+    x, y = coords[0, 0].astype(int)
+    assert masks[0, y, x], "the point must lie inside the mask"
+    distances = (rows - centroid[0]) ** 2 + (cols - centroid[1]) ** 2
+    assert np.isclose((y - centroid[0]) ** 2 + (x - centroid[1]) ** 2, distances.min())
+    first = np.flatnonzero(np.isclose(distances, distances.min()))[0]  # ties: first in row-major order
+    assert (y, x) == (rows[first], cols[first])
+    np.testing.assert_array_equal(coords[1, 0], [7, 4])
+    np.testing.assert_array_equal(coords[2], 0)
+    # Deterministic (no rng involved), and different from the interior-most pixel on this shape.
+    again, _ = sample_points_in_masks(masks, np.random.default_rng(99), mode="mask-center")
+    np.testing.assert_array_equal(coords, again)
+    center, _ = sample_points_in_masks(masks[:1], 0, mode="center")
+    assert not np.array_equal(center[0, 0], coords[0, 0])
+    scaled, _ = sample_points_in_masks(torch.from_numpy(masks[1:2]), 0, mode="mask-center", scale=4)
+    assert isinstance(scaled, torch.Tensor) and scaled[0, 0].tolist() == [7 * 4 + 1.5, 4 * 4 + 1.5]
+    with pytest.raises(ValueError, match="k must be"):
+        sample_points_in_masks(masks, 0, k=2, mode="mask-center")
+    with pytest.raises(ValueError, match="'mask-center'"):
+        sample_points_in_masks(masks, 0, mode="centroid")
+
+
 def _error_case():
     target = np.zeros((1, H, W), dtype=bool)
     pred = np.zeros((1, H, W), dtype=bool)

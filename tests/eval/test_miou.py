@@ -179,7 +179,7 @@ def test_option_validation():
     dataset = ListDataset([_sample(_rect(8, 8, slice(1, 5), slice(1, 5))[None])])
     predictor = ScriptedPredictor(lambda call: np.zeros((1, 8, 8), bool))
     for kwargs in ({"prompts": ("mask",)}, {"prompts": ()}, {"refine_iters": -1}, {"point_from": "box"},
-                   {"click_mode": "largest"}, {"max_images": 0}, {"seed": -3}):
+                   {"click_mode": "largest"}, {"click_mode": "mask-center"}, {"max_images": 0}, {"seed": -3}):
         with pytest.raises(ValueError):
             evaluate_miou(predictor, dataset, progress=False, **kwargs)
 
@@ -272,3 +272,84 @@ def test_cli_errors_exit_1(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert run_miou(_parse(["--data", str(tmp_path)])) == 1
     assert "--model" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- several models
+TWO = ["--model", "edgesam,powersam_s"]
+
+
+def _quick(synth_root, *extra):
+    return ["--data", str(synth_root), "--split", "all", "--img-size", "64", "--device", "cpu", "--no-progress",
+            "--max-images", "1", "--refine", "1", *extra]
+
+
+def test_cli_several_models_write_both_json_layouts(synth_root, tmp_path, capsys):
+    from powersam.bench.cli import load_miou_results
+
+    out, per_model = tmp_path / "all.json", tmp_path / "per"
+    args = _parse([*TWO, *_quick(synth_root, "--point-from", "mask-center", "--json", str(out), "--out", str(per_model))])
+    assert run_miou(args) == 0
+    stdout = capsys.readouterr().out
+    # One comparison table: a row per model, a column per prompt mode and step.
+    header = next(line for line in stdout.splitlines() if line.startswith("model"))
+    assert header.split()[:5] == ["model", "Box", "Box+1", "Point", "Point+1"]
+    assert any(line.startswith("edgesam ") for line in stdout.splitlines())
+    assert any(line.startswith("powersam_s ") for line in stdout.splitlines())
+
+    combined = json.loads(out.read_text())
+    assert list(combined) == ["models"] and list(combined["models"]) == ["edgesam", "powersam_s"]
+    for name, entry in combined["models"].items():
+        # Each entry is exactly what `--json` writes for that model alone.
+        assert entry["model"] == name and entry["checkpoint"] is None and entry["split"] == "all"
+        assert list(entry["miou"]) == ["box", "box+1", "point", "point+1"] and entry["num_images"] == 1
+        assert entry["settings"]["point_from"] == "mask-center"
+        assert json.loads((per_model / f"{name}_miou.json").read_text()) == entry
+    # `powersam bench --miou-json` takes the per-model files and the combined one.
+    files = sorted(str(f) for f in per_model.glob("*_miou.json"))
+    assert load_miou_results(files) == combined["models"] == load_miou_results([str(out)])
+    assert list(load_miou_results([f"powersam_s={out}"])) == ["powersam_s"]
+
+    # The same model alone gives the single-model layout (random weights differ: they are drawn in build order).
+    single = tmp_path / "single.json"
+    args = _parse(["--model", "powersam_s", *_quick(synth_root, "--point-from", "mask-center", "--json", str(single))])
+    assert run_miou(args) == 0
+    alone, together = json.loads(single.read_text()), combined["models"]["powersam_s"]
+    assert list(alone) == list(together) and alone["settings"] == together["settings"]
+    assert alone["num_instances"] == together["num_instances"]
+
+
+def test_cli_a_bad_checkpoint_fails_its_model_only(synth_root, tiny_model, tmp_path, capsys):
+    from powersam.checkpoint import save_checkpoint
+
+    good = save_checkpoint(tmp_path / "edgesam.pt", tiny_model.state_dict(), "edgesam", {"img_size": 64})
+    wrong = save_checkpoint(tmp_path / "wrong.pt", tiny_model.state_dict(), "edgesam", {"img_size": 64})
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    out = tmp_path / "all.json"
+    args = _parse(["--model", "powersam_s,edgesam,sam_vit_t", "--checkpoint", f"powersam_s={wrong}",
+                   "--checkpoint", f"edgesam={good}", "--checkpoint", f"sam_vit_t={garbage}",
+                   *_quick(synth_root, "--prompts", "box", "--json", str(out), "--out", str(tmp_path / "per"))])
+    assert run_miou(args) == 1
+    captured = capsys.readouterr()
+    assert "powersam_s: ValueError" in captured.err and "not 'powersam_s'" in captured.err
+    assert "sam_vit_t: " in captured.err and "2 of 3 models failed: powersam_s, sam_vit_t" in captured.err
+    assert "powersam_s    failed: ValueError" in captured.out  # the failed rows stay in the table
+    saved = json.loads(out.read_text())
+    assert list(saved["models"]) == ["edgesam"] and saved["models"]["edgesam"]["checkpoint"] == str(good)
+    assert set(saved["failed"]) == {"powersam_s", "sam_vit_t"}
+    assert [f.name for f in (tmp_path / "per").iterdir()] == ["edgesam_miou.json"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "edgesam,powersam_s", "--checkpoint", "x.pt"], "NAME=PATH"),
+    (["--model", "table1", "--checkpoint", "powersam_s_decoupled=x.pt"],
+     "'powersam_s_decoupled', which is not among the models evaluated: sam_vit_b, sam_vit_h, sam2_hiera_l"),
+    (["--model", "table1", "--checkpoint", "edgesam=missing.pt"], "--checkpoint edgesam: missing.pt does not exist"),
+    (["--model", "table1,sam3"], "unknown model 'sam3'; known groups: table1, table2"),
+    (["--model", "edgesam", "--checkpoint", "powersam_s=x.pt"], "the model evaluated is 'edgesam'"),
+    (["--model", "edgesam", "--checkpoint", "a.pt", "--checkpoint", "b.pt"], "one model takes one --checkpoint"),
+])
+def test_cli_model_list_errors_come_before_reading_data(tmp_path, capsys, argv, message):
+    assert run_miou(_parse([*argv, "--data", str(tmp_path / "no_such_data"), "--no-progress"])) == 1
+    err = capsys.readouterr().err
+    assert message in err and "no_such_data" not in err

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from powersam.models.zoo import MODEL_SPECS, build_model, get_spec, list_models
+from powersam.models.zoo import MODEL_GROUPS, MODEL_SPECS, build_model, expand_model_names, get_spec, list_models
 
 # Keys of the SAM part (image_encoder + prompt_encoder + mask_decoder) = the official checkpoint files.
 SAM_KEY_COUNTS = {
@@ -93,3 +93,32 @@ def test_class_names_set_detector_width():
 def test_every_spec_has_a_description():
     for spec in MODEL_SPECS.values():
         assert spec.description, spec.name
+
+
+def test_model_groups_hold_known_models():
+    assert MODEL_GROUPS["table1"] == (
+        "sam_vit_b", "sam_vit_h", "sam2_hiera_l", "slimsam_50", "edgesam", "powersam_b", "powersam_s")
+    from powersam.bench.cli import DEFAULT_MODELS
+
+    assert list(MODEL_GROUPS["table2"]) == DEFAULT_MODELS.split(",")  # the bench's default rows = Table 2
+    for group, members in MODEL_GROUPS.items():
+        assert group not in MODEL_SPECS, "a group must not shadow a model name"
+        assert members and set(members) <= set(MODEL_SPECS) and len(set(members)) == len(members)
+
+
+def test_expand_model_names_mixes_groups_and_models():
+    assert expand_model_names("edgesam") == ["edgesam"]
+    assert expand_model_names(" edgesam , table2,powersam_s,edgesam,") == [
+        "edgesam", "powersam_s", "powersam_b", "powersam_s_decoupled", "powersam_b_decoupled"]
+    assert expand_model_names(["table1", "sam_vit_b,sam_vit_t"]) == [*MODEL_GROUPS["table1"], "sam_vit_t"]
+    assert expand_model_names("table2,table2") == list(MODEL_GROUPS["table2"])
+
+
+def test_expand_model_names_errors_name_unknown_entries_and_list_known_ones():
+    with pytest.raises(ValueError, match=r"unknown model 'powersam_xl'; known groups: table1, table2; "
+                                         r"known models: sam_vit_b, .*powersam_s"):
+        expand_model_names("edgesam,powersam_xl")
+    with pytest.raises(ValueError, match=r"unknown models 'tabel1', 'sam3'; known groups"):
+        expand_model_names("tabel1,edgesam,sam3,tabel1")
+    with pytest.raises(ValueError, match="no model given; known groups: table1"):
+        expand_model_names(" , ")
