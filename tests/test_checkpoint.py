@@ -14,7 +14,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from powersam import checkpoint as ckpt_module
+from powersam.checkpoint import convert as ckpt_convert
+from powersam.checkpoint import io as ckpt_io_module
 from powersam.checkpoint import (
     CheckpointError,
     CheckpointMismatchError,
@@ -196,7 +197,7 @@ def test_save_checkpoint_crash_keeps_previous_file(tmp_path: Path, monkeypatch) 
     def crash(*_args, **_kwargs):
         raise OSError("simulated crash during rename")
 
-    monkeypatch.setattr(ckpt_module.os, "replace", crash)
+    monkeypatch.setattr(ckpt_io_module.os, "replace", crash)
     with pytest.raises(OSError, match="simulated crash"):
         save_checkpoint(path, {"w": torch.zeros(2)}, "new")
     monkeypatch.undo()
@@ -541,7 +542,7 @@ def test_convert_rejects_unreadable_files(tmp_path: Path) -> None:
 def test_restricted_unpickler_refuses_globals_without_importing(tmp_path: Path) -> None:
     """A pickle stream naming an unimported module must not import it."""
     stream = pickle.dumps(os.system, protocol=2)  # GLOBAL posix/nt system
-    unpickler = ckpt_module._RestrictedUnpickler(__import__("io").BytesIO(stream), lambda *a: None)
+    unpickler = ckpt_convert._RestrictedUnpickler(__import__("io").BytesIO(stream), lambda *a: None)
     result = unpickler.load()
-    assert isinstance(result, type) and issubclass(result, ckpt_module._Placeholder)
+    assert isinstance(result, type) and issubclass(result, ckpt_convert._Placeholder)
     assert any(name.endswith(".system") for name in unpickler.refused_globals)

@@ -443,12 +443,14 @@ def _pickled_child(node: Any, name: str) -> Any:
 def read_slimsam_pickle(path: Union[str, os.PathLike]) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Read a pickled whole SlimSAM model (``torch.save(model)``) **without SlimSAM's code**.
 
-    The restricted unpickler of :mod:`powersam.checkpoint` turns every foreign class into an inert placeholder, so
-    nothing from the file is imported or run. Returns ``(state_dict, widths)``: SAM-layout tensors (q/k/v fused,
-    DataParallel level removed) and the widths incl. each block's pickled ``scale`` and ``num_heads``. Works for
-    a pickled ``Sam`` and for a pickled image encoder alone (then the keys have no ``image_encoder.`` prefix).
+    The restricted unpickler of :mod:`powersam.checkpoint.convert` turns every foreign class into an inert
+    placeholder, so nothing from the file is imported or run. Returns ``(state_dict, widths)``: SAM-layout tensors
+    (q/k/v fused, DataParallel level removed) and the widths incl. each block's pickled ``scale`` and
+    ``num_heads``. Works for a pickled ``Sam`` and for a pickled image encoder alone (then the keys have no
+    ``image_encoder.`` prefix).
     """
-    from ..checkpoint import CheckpointError, _safe_load_zip_checkpoint, _state_dict_from_payload
+    from ..checkpoint import CheckpointError
+    from ..checkpoint.convert import _safe_load_zip_checkpoint, _state_dict_from_payload
 
     path = Path(path)
     if not path.is_file():
