@@ -1,0 +1,144 @@
+"""The model side of ``powersam predict``: load a zoo model or an exported ONNX model (through the torch-free
+runtime), and turn it into one ``segment(rgb) -> Results`` function, by detection or by the given prompts, so the
+run loop never needs to know which kind of model or mode it drives."""
+from __future__ import annotations
+
+import importlib
+import sys
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, Union
+
+import numpy as np
+
+from ...results import Results
+
+__all__ = ["PROMPT_CLASS_NAMES", "SegmentFn", "can_detect", "is_onnx", "load_model", "make_segment_fn"]
+
+PROMPT_CLASS_NAMES: tuple[str, ...] = ("object",)
+SegmentFn = Callable[[np.ndarray], Results]
+
+
+# ---------------------------------------------------------------------------------------------------- model
+def is_onnx(model: Optional[Union[str, Path]]) -> bool:
+    """An exported model: a ``.onnx`` file, or a folder with an interactive ``encoder.onnx`` + ``decoder.onnx``."""
+    return model is not None and (str(model).lower().endswith(".onnx") or (Path(model) / "encoder.onnx").is_file())
+
+
+def load_model(
+    model: Optional[str],
+    checkpoint: Optional[Union[str, Path]] = None,
+    img_size: Optional[int] = None,
+    device: Optional[str] = None,
+) -> Any:
+    """A zoo model (PyTorch, eval mode, on ``device``; default cuda if available) or, for an exported model (see
+    :func:`is_onnx`), the torch-free runtime's ``OnnxPowerSAM`` / ``OnnxSamPredictor`` (torch is never imported);
+    ``device`` then names the execution provider (``cpu`` default, ``cuda``, ``tensorrt``)."""
+    if is_onnx(model):
+        if checkpoint is not None or img_size is not None:
+            raise ValueError(
+                "--checkpoint and --img-size apply to PyTorch models; an ONNX file has its weights and size built in"
+            )
+        path = Path(model)
+        if not path.exists():
+            raise FileNotFoundError(f"ONNX model not found: '{path}'")
+        providers = None if device is None else device.split(":")[0]  # an ONNX provider has no device index here
+        return importlib.import_module("powersam.runtime").load(path, providers=providers)
+    if model is None and checkpoint is None:
+        raise ValueError("give --model (a zoo name or a .onnx file), --checkpoint, or both")
+    import torch
+
+    from ...models.zoo import build_model
+
+    kwargs = {} if img_size is None else {"img_size": int(img_size)}
+    net = build_model(model, checkpoint=checkpoint, **kwargs)
+    if checkpoint is None:
+        print(f"warning: no --checkpoint given; {net.model_name} runs with random weights", file=sys.stderr)
+    return net.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
+
+
+def can_detect(model: Any) -> bool:
+    """Whether ``model`` finds its own boxes: a ``predict`` and ``class_names``, and not an interactive predictor."""
+    return (
+        callable(getattr(model, "predict", None))
+        and getattr(model, "class_names", None) is not None
+        and not callable(getattr(model, "set_image", None))
+    )
+
+
+def _prompt_predictor(model: Any) -> Any:
+    if callable(getattr(model, "set_image", None)) and callable(getattr(model, "predict_batch", None)):
+        return model  # already a predictor (e.g. the ONNX runtime's OnnxSamPredictor)
+    if hasattr(model, "prompt_encoder") and hasattr(model, "mask_decoder"):
+        from ...predictor import SamPredictor
+
+        return SamPredictor(model)
+    raise ValueError(f"{type(model).__name__} cannot be prompted with --boxes/--points: it has no prompt decoder")
+
+
+def _mask_box(mask: np.ndarray) -> Optional[list[float]]:
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return None
+    return [float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1)]
+
+
+def _segment_prompts(
+    predictor: Any,
+    boxes: Optional[np.ndarray],
+    points: Optional[np.ndarray],
+    labels: Optional[np.ndarray],
+    rgb: np.ndarray,
+) -> Results:
+    predictor.set_image(rgb)
+    height, width = rgb.shape[:2]
+    n = 1 if boxes is None else len(boxes)
+    prompts: dict[str, np.ndarray] = {}
+    if boxes is not None:
+        prompts["boxes"] = boxes
+    if points is not None:  # the same clicks in every prompt: N×K×2 and N×K
+        prompts["point_coords"] = np.repeat(points[None], n, axis=0)
+        prompts["point_labels"] = np.repeat(labels[None], n, axis=0)
+    masks, scores, _ = predictor.predict_batch(**prompts)
+    masks, scores = np.asarray(masks)[:, 0], np.asarray(scores)[:, 0]
+    if boxes is not None:
+        out_boxes = boxes.copy()
+        out_boxes[:, 0::2] = out_boxes[:, 0::2].clip(0, width)
+        out_boxes[:, 1::2] = out_boxes[:, 1::2].clip(0, height)
+    else:
+        fallback = [*points.min(axis=0), *(points.max(axis=0) + 1)]
+        out_boxes = np.asarray([_mask_box(m) or fallback for m in masks], dtype=np.float64)
+    return Results(out_boxes, scores, np.zeros(len(masks), np.int64), masks, list(PROMPT_CLASS_NAMES), (height, width))
+
+
+def make_segment_fn(
+    model: Any,
+    boxes: Optional[np.ndarray] = None,
+    points: Optional[np.ndarray] = None,
+    point_labels: Optional[np.ndarray] = None,
+    conf: Optional[float] = None,
+    iou: Optional[float] = None,
+    max_det: Optional[int] = None,
+    classes: Optional[Sequence[str]] = None,
+) -> tuple[SegmentFn, str]:
+    """``(segment(H×W×3 uint8 RGB) -> Results, mode)`` with mode ``"detect"`` or ``"prompt"`` (see the module doc)."""
+    if (points is None) != (point_labels is None):
+        raise ValueError("points and point_labels must be given together")
+    if boxes is not None or points is not None:
+        if classes:
+            raise ValueError("--classes filters detections; it cannot be combined with --boxes/--points")
+        return partial(_segment_prompts, _prompt_predictor(model), boxes, points, point_labels), "prompt"
+    if not can_detect(model):
+        name = getattr(model, "model_name", type(model).__name__)
+        raise ValueError(f"model {name!r} has no detector (interactive SAM): give prompts with --boxes and/or --points")
+    if classes:
+        unknown = [c for c in classes if c not in model.class_names]
+        if unknown:
+            raise ValueError(f"unknown class name(s) {unknown}; this model knows {list(model.class_names)}")
+    return partial(_detect, model, conf, iou, max_det, list(classes) if classes else None), "detect"
+
+
+def _detect(model: Any, conf: Optional[float], iou: Optional[float], max_det: Optional[int],
+            classes: Optional[list[str]], rgb: np.ndarray) -> Results:
+    return model.predict(rgb, conf=conf, iou=iou, max_det=max_det, classes=classes)
+
