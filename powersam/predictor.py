@@ -90,7 +90,7 @@ class SamPredictor(PromptFrameMixin):
             if getattr(self.model, "resize_mode", "longest_side") == "squash":
                 # SAM 2's own preprocessing: the model squashes the full image to S×S itself, so prompts map
                 # per axis with S/W and S/H and nothing is cropped afterwards.
-                resized = torch.as_tensor(rgb, device=self.device).permute(2, 0, 1)[None].float()
+                resized = torch.tensor(rgb, device=self.device).permute(2, 0, 1)[None].float()  # copies: rgb may be read-only
                 input_size = (self.img_size, self.img_size)
             else:
                 resized = image_to_input_tensor(rgb, self.img_size, self.device)

@@ -116,7 +116,13 @@ def _needs_globals_error(path: Path, err: BaseException) -> CheckpointError:
         names = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
     except Exception:  # legacy format or unreadable pickle: fall back to what torch's message names
         names = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(err))))
-    needs = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "") if names else "?"
+    if not names:  # no pickled global to blame (e.g. 'Unsupported operand'): the bytes are not a checkpoint
+        detail = re.search(r"WeightsUnpickler error:\s*(.+)", str(err))
+        return CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint; the file is corrupt, truncated or in another format "
+            f"({detail.group(1).strip() if detail else _first_line(err)})"
+        )
+    needs = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
     return CheckpointError(
         f"{path}: the checkpoint pickles Python objects that a safe load refuses (it needs the global(s) "
         f"{needs}). It is probably a training checkpoint (mmengine/mmdet, yacs config) or a whole pickled "
