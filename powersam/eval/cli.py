@@ -89,6 +89,8 @@ def _build(args: argparse.Namespace, **kwargs: Any) -> Any:
 
     if args.img_size is not None:
         kwargs["img_size"] = args.img_size
+    if args.checkpoint is None:  # random weights (timing, smoke runs): the same for a model whatever came before
+        torch.manual_seed(getattr(args, "seed", 0))
     model = build_model(args.model, checkpoint=args.checkpoint, **kwargs)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(device).eval()

@@ -210,7 +210,7 @@ def test_resume_reproduces_uninterrupted_run(synth, tmp_path, monkeypatch) -> No
     original = bbpg_module.BBPGTrainer.save_state
 
     def save_then_stop(self, *args, **kwargs):
-        written = original(self, *args, **kwargs)
+        original(self, *args, **kwargs)
         raise KeyboardInterrupt  # "killed" right after the first epoch's checkpoint
 
     monkeypatch.setattr(bbpg_module.BBPGTrainer, "save_state", save_then_stop)
