@@ -42,7 +42,7 @@ from .sam_data import (
     refinement_points,
 )
 from .sam_losses import mask_iou, masked_bce_loss, masked_dice_loss
-from .teacher import decode, eval_box_miou, load_teacher, sam_state_dict
+from .teacher import decode, embed_images, eval_box_miou, load_teacher, sam_state_dict, zero_losses
 
 logger = logging.getLogger("powersam.train")
 
@@ -115,16 +115,11 @@ class DecoderDistillObjective(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         student = self.student
-        if self.train_encoder:
-            embeddings = student.image_encoder(batch["image"])
-        else:
-            with torch.no_grad():
-                embeddings = student.image_encoder(batch["image"])
+        embeddings = embed_images(student.image_encoder, batch["image"], self.train_encoder)
         owner = batch["prompt_image"]
         count = int(owner.numel())
-        if count == 0:  # keep every trainable parameter in the graph (DDP) with a zero loss
-            zero = sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
-            return {"loss": zero, "bce": zero.detach(), "dice": zero.detach(), "miou": zero.detach()}
+        if count == 0:
+            return zero_losses(self, "bce", "dice", "miou")
         rng = as_numpy_rng(torch.default_generator)
         student_embeddings = embeddings[owner]
         teacher_embeddings = batch["teacher_embedding"][owner].to(student_embeddings.dtype)

@@ -122,6 +122,20 @@ def sam_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 # ---------------------------------------------------------------------------------------------- objective
 
 
+def embed_images(image_encoder: nn.Module, images: torch.Tensor, trainable: bool) -> torch.Tensor:
+    """B×3×S×S images → B×256×S/16×S/16 embeddings, with a graph only when the encoder is being trained."""
+    if trainable:
+        return image_encoder(images)
+    with torch.no_grad():
+        return image_encoder(images)
+
+
+def zero_losses(module: nn.Module, *names: str) -> dict[str, torch.Tensor]:
+    """The losses of a batch without prompts: zero, yet touching every trainable parameter (DDP needs them all)."""
+    zero = sum(p.sum() for p in module.parameters() if p.requires_grad) * 0.0
+    return {"loss": zero, **{name: zero.detach() for name in names}}
+
+
 def decode(sam: nn.Module, embeddings: torch.Tensor, boxes: Optional[torch.Tensor],
            points: Optional[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompt encoder + mask decoder for P prompts on P embeddings → (P×4×4h×4w logits, P×4 IoU predictions)."""
@@ -174,16 +188,11 @@ class TeacherObjective(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         sam = self.sam
-        if self.train_encoder:
-            embeddings = sam.image_encoder(batch["image"])
-        else:
-            with torch.no_grad():
-                embeddings = sam.image_encoder(batch["image"])
+        embeddings = embed_images(sam.image_encoder, batch["image"], self.train_encoder)
         owner = batch["prompt_image"]
         count = int(owner.numel())
-        if count == 0:  # keep every trainable parameter in the graph (DDP) with a zero loss
-            zero = sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
-            return {"loss": zero, "mask_loss": zero.detach(), "iou_loss": zero.detach(), "miou": zero.detach()}
+        if count == 0:
+            return zero_losses(self, "mask_loss", "iou_loss", "miou")
         rng = as_numpy_rng(torch.default_generator)
         target, valid = batch["gt_lowres"], batch["valid_lowres"][owner]
         embeddings = embeddings[owner]
