@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 from .. import checkpoint as ckpt_io
 from ..data.augment import DetectionAugment
 from .bbpg_data import BBPGDataset, BoxDetector, collate_bbpg, label_mapping, normalize_batch
-from .config import add_config_arguments, config_from_args, config_to_dict, dump_config
+from .config import add_stage_arguments, config_from_args, config_to_dict, dump_config
 from .distributed import (ShardSampler, barrier, cleanup, init_distributed, is_main, move_to_device, unwrap_model,
                           wrap_ddp)
 from .ema import ModelEMA
@@ -435,9 +435,7 @@ class _Evaluator:
 
 def add_bbpg_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """``--config CFG``, ``--set key=value`` (repeatable) and ``--resume`` for ``powersam train bbpg``."""
-    add_config_arguments(parser)
-    parser.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last.pt if it exists")
-    return parser
+    return add_stage_arguments(parser)
 
 
 def run_bbpg(args: argparse.Namespace) -> int:

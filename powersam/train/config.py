@@ -250,6 +250,13 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     return parser
 
 
+def add_stage_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``--config``, ``--set`` and ``--resume``: the arguments of every ``powersam train`` stage."""
+    add_config_arguments(parser)
+    parser.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last.pt if it exists")
+    return parser
+
+
 def config_from_args(args: argparse.Namespace, cls: type[T]) -> T:
     """The config named by ``args.config`` (or ``cls()`` defaults) with ``args.overrides`` applied."""
     cfg = load_config(args.config, cls) if args.config is not None else cls()

@@ -207,11 +207,9 @@ def distill_decoder(cfg: DecoderDistillConfig, resume: bool = False) -> Path:
 
 def add_decoder_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """``--config``, ``--set`` and ``--resume`` for ``powersam train decoder``."""
-    from .config import add_config_arguments
+    from .config import add_stage_arguments
 
-    add_config_arguments(parser)
-    parser.add_argument("--resume", action="store_true", help="continue from output_dir/last.pt if it exists")
-    return parser
+    return add_stage_arguments(parser)
 
 
 def run_decoder(args: argparse.Namespace) -> int:

@@ -225,11 +225,9 @@ def distill_encoder(cfg: EncoderDistillConfig, resume: bool = False) -> Path:
 
 def add_encoder_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """``--config``, ``--set`` and ``--resume`` for ``powersam train encoder``."""
-    from .config import add_config_arguments
+    from .config import add_stage_arguments
 
-    add_config_arguments(parser)
-    parser.add_argument("--resume", action="store_true", help="continue from output_dir/last.pt if it exists")
-    return parser
+    return add_stage_arguments(parser)
 
 
 def run_encoder(args: argparse.Namespace) -> int:

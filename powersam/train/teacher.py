@@ -336,18 +336,15 @@ def train_teacher(cfg: TeacherConfig, resume: bool = False) -> Path:
 
 def add_teacher_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """``--config``, ``--set`` and ``--resume`` for ``powersam train teacher``."""
-    from .config import add_config_arguments
+    from .config import add_stage_arguments
 
-    add_config_arguments(parser)
-    parser.add_argument("--resume", action="store_true", help="continue from output_dir/last.pt if it exists")
-    return parser
+    return add_stage_arguments(parser)
 
 
 def run_teacher(args: argparse.Namespace) -> int:
     """CLI entry: train (or convert) the teacher and print where it went."""
     from .config import config_from_args
 
-    cfg = config_from_args(args, TeacherConfig)
-    path = train_teacher(cfg, resume=args.resume)
+    path = train_teacher(config_from_args(args, TeacherConfig), resume=args.resume)
     print_stage_summary(path, "teacher")
     return 0
