@@ -16,7 +16,6 @@ the reference, where no loss reaches it.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,8 +37,8 @@ from .sam_data import (
     fit_stage,
     init_stage,
     open_stage_dataset,
-    print_stage_summary,
     refinement_points,
+    stage_command,
 )
 from .sam_losses import mask_iou, masked_bce_loss, masked_dice_loss
 from .teacher import decode, embed_images, eval_box_miou, load_teacher, sam_state_dict, zero_losses
@@ -205,17 +204,5 @@ def distill_decoder(cfg: DecoderDistillConfig, resume: bool = False) -> Path:
     return path
 
 
-def add_decoder_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """``--config``, ``--set`` and ``--resume`` for ``powersam train decoder``."""
-    from .config import add_stage_arguments
-
-    return add_stage_arguments(parser)
-
-
-def run_decoder(args: argparse.Namespace) -> int:
-    """CLI entry of stage 2."""
-    from .config import config_from_args
-
-    path = distill_decoder(config_from_args(args, DecoderDistillConfig), resume=args.resume)
-    print_stage_summary(path, "stage-2 student")
-    return 0
+# ``powersam train decoder``: --config, --set, --resume
+add_decoder_arguments, run_decoder = stage_command(DecoderDistillConfig, distill_decoder, "stage-2 student")

@@ -15,7 +15,6 @@ was and was not loaded is logged.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import re
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from .sam_data import (
     fit_stage,
     init_stage,
     open_stage_dataset,
-    print_stage_summary,
+    stage_command,
 )
 from .sam_losses import embedding_mse_loss
 from .teacher import load_teacher, sam_state_dict
@@ -223,17 +222,5 @@ def distill_encoder(cfg: EncoderDistillConfig, resume: bool = False) -> Path:
     return path
 
 
-def add_encoder_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """``--config``, ``--set`` and ``--resume`` for ``powersam train encoder``."""
-    from .config import add_stage_arguments
-
-    return add_stage_arguments(parser)
-
-
-def run_encoder(args: argparse.Namespace) -> int:
-    """CLI entry of stage 1."""
-    from .config import config_from_args
-
-    path = distill_encoder(config_from_args(args, EncoderDistillConfig), resume=args.resume)
-    print_stage_summary(path, "stage-1 student")
-    return 0
+# ``powersam train encoder``: --config, --set, --resume
+add_encoder_arguments, run_encoder = stage_command(EncoderDistillConfig, distill_encoder, "stage-1 student")

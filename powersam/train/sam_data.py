@@ -20,9 +20,10 @@ instances per image into prompt-major tensors with a ``prompt_image`` index.
 """
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -377,3 +378,18 @@ def print_stage_summary(checkpoint: Path, what: str) -> None:
     for line in meta.get("summary", []):
         print(line)
     print(f"{what} checkpoint: {checkpoint}")
+
+
+def stage_command(config_cls: type, train: Callable[..., Path], what: str
+                  ) -> tuple[Callable[[argparse.ArgumentParser], argparse.ArgumentParser],
+                             Callable[[argparse.Namespace], int]]:
+    """The ``powersam train STAGE`` pair for a SAM stage: (add its arguments, run it and print its summary)."""
+    from .config import add_stage_arguments, config_from_args
+
+    def run(args: argparse.Namespace) -> int:
+        path = train(config_from_args(args, config_cls), resume=args.resume)
+        print_stage_summary(path, what)
+        return 0
+
+    run.__doc__ = f"CLI entry: train the {what} and print its summary and checkpoint path."
+    return add_stage_arguments, run

@@ -19,7 +19,6 @@ trained because stage 2 picks the teacher's output by its predicted IoU (spec §
 """
 from __future__ import annotations
 
-import argparse
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,8 +38,8 @@ from .sam_data import (
     fit_stage,
     init_stage,
     open_stage_dataset,
-    print_stage_summary,
     refinement_points,
+    stage_command,
 )
 from .sam_losses import mask_iou, masked_bce_loss, masked_dice_loss
 
@@ -334,17 +333,5 @@ def train_teacher(cfg: TeacherConfig, resume: bool = False) -> Path:
     return path
 
 
-def add_teacher_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """``--config``, ``--set`` and ``--resume`` for ``powersam train teacher``."""
-    from .config import add_stage_arguments
-
-    return add_stage_arguments(parser)
-
-
-def run_teacher(args: argparse.Namespace) -> int:
-    """CLI entry: train (or convert) the teacher and print where it went."""
-    from .config import config_from_args
-
-    path = train_teacher(config_from_args(args, TeacherConfig), resume=args.resume)
-    print_stage_summary(path, "teacher")
-    return 0
+# ``powersam train teacher``: --config, --set, --resume
+add_teacher_arguments, run_teacher = stage_command(TeacherConfig, train_teacher, "teacher")
