@@ -237,3 +237,21 @@ def test_stage2_requires_its_inputs(data_root, tmp_path):
         distill_decoder(DecoderDistillConfig(data=data_root, output_dir=tmp_path))
     with pytest.raises(ValueError, match="teacher_checkpoint"):
         distill_encoder(EncoderDistillConfig(data=data_root, output_dir=tmp_path))
+
+
+def test_stage_commands_run_from_the_cli(data_root, teacher_ckpt, tmp_path, capsys):
+    from powersam.cli import main
+
+    out = tmp_path / "cli_stage1"
+    argv = ["train", "encoder", "--set", f"data={data_root}", "--set", "split=null", "--set", f"img_size={IMG}",
+            "--set", f"teacher_checkpoint={teacher_ckpt}", "--set", "epochs=1", "--set", "batch_size=2",
+            "--set", f"output_dir={out}", "--set", "progress=false", "--set", "plot=false", "--set", "log_every=1"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    final = [line for line in printed.splitlines() if line.startswith("stage-1 student checkpoint: ")]
+    assert len(final) == 1
+    path = final[0].split(": ", 1)[1]
+    assert build_model(None, checkpoint=path).img_size == IMG
+    steps = [r["global_step"] for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "train"]
+    assert main(argv + ["--resume"]) == 0  # a finished run resumes to the same end without training again
+    assert [r["global_step"] for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "train"] == steps
