@@ -294,7 +294,7 @@ def train_teacher(cfg: TeacherConfig, resume: bool = False) -> Path:
     notes = []
     if cfg.checkpoint is None:
         finetune = "all"
-        message = (f"no teacher checkpoint given: training a {cfg.model} teacher FROM SCRATCH on {cfg.data} "
+        message = (f"no teacher checkpoint given: training a teacher of the {cfg.model} architecture FROM SCRATCH on {cfg.data} "
                    "(a stand-in for SAM; expect a weaker teacher than an official SAM checkpoint)")
         logger.warning(message)
         notes.append(message)
