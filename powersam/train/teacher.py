@@ -294,8 +294,8 @@ def train_teacher(cfg: TeacherConfig, resume: bool = False) -> Path:
     notes = []
     if cfg.checkpoint is None:
         finetune = "all"
-        message = (f"no teacher checkpoint given: training a teacher of the {cfg.model} architecture FROM SCRATCH on {cfg.data} "
-                   "(a stand-in for SAM; expect a weaker teacher than an official SAM checkpoint)")
+        message = (f"no teacher checkpoint given: training a teacher of the {cfg.model} architecture FROM SCRATCH "
+                   f"on {cfg.data} (a stand-in for SAM; expect a weaker teacher than an official SAM checkpoint)")
         logger.warning(message)
         notes.append(message)
         sam = build_model(cfg.model, img_size=cfg.img_size, with_detector=False)
