@@ -38,6 +38,11 @@ def yolox_grid_priors(
     return torch.cat(priors, dim=0)
 
 
+# A box side of 10⁴ strides is far beyond any image; the clamp only stops exp() overflowing to inf (float32 at 88.7,
+# float16 at 11.1), which would turn the IoU loss's gradient into NaN and poison every weight in one update.
+MAX_LOG_SIZE = math.log(1e4)
+
+
 def decode_yolox_boxes(priors: torch.Tensor, bbox_preds: torch.Tensor) -> torch.Tensor:
     """Raw regression → xyxy boxes in input pixels.
 
@@ -46,10 +51,10 @@ def decode_yolox_boxes(priors: torch.Tensor, bbox_preds: torch.Tensor) -> torch.
         bbox_preds: B×P×4 raw outputs (dx, dy, log_w, log_h) in stride units.
 
     Returns:
-        B×P×4 boxes: centre = (dx, dy)·s + prior, size = exp(log_wh)·s.
+        B×P×4 boxes: centre = (dx, dy)·s + prior, size = exp(min(log_wh, MAX_LOG_SIZE))·s.
     """
     centres = bbox_preds[..., :2] * priors[:, 2:] + priors[:, :2]
-    half_sizes = 0.5 * bbox_preds[..., 2:].exp() * priors[:, 2:]
+    half_sizes = 0.5 * bbox_preds[..., 2:].clamp(max=MAX_LOG_SIZE).exp() * priors[:, 2:]
     return torch.cat((centres - half_sizes, centres + half_sizes), dim=-1)
 
 

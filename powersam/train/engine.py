@@ -311,13 +311,23 @@ class Trainer:
         self.scaler.scale(loss).backward()
         grad_norm = None
         logging_now = (self.global_step + 1) % self.log_every == 0
-        if self.grad_clip is not None or logging_now:
-            self.scaler.unscale_(self.optimizer)
-            grads = [p.grad for p in self.params if p.grad is not None]
-            if self.grad_clip is not None:
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
-            elif grads:
-                grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        self.scaler.unscale_(self.optimizer)  # a no-op without float16 loss scaling
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if self.grad_clip is not None:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+        elif grads:
+            grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        # With loss scaling an inf gradient is routine (the scaler skips that step); without it, one non-finite
+        # gradient would silently turn every weight into NaN. Gradients are all-reduced, so all ranks agree.
+        if not self.scaler.is_enabled() and grad_norm is not None and not bool(torch.isfinite(grad_norm)):
+            self.optimizer.zero_grad(set_to_none=True)
+            self._updating = False
+            raise FloatingPointError(
+                f"non-finite gradient (norm {float(grad_norm)}) at epoch {epoch}, iteration {index} (global step "
+                f"{self.global_step}) although the loss was finite ({scalars['loss']:.4g}); the update was not applied "
+                f"and {self.checkpoint_path} was not overwritten. Resume with a lower lr, a longer warmup or "
+                "grad_clip set."
+            )
         self.scaler.step(self.optimizer)
         self.scaler.update()
         if self.ema is not None:

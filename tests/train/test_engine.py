@@ -337,6 +337,37 @@ def test_nan_loss_stops_with_epoch_and_iteration_and_keeps_checkpoint(tmp_path):
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())  # stopped before the update
 
 
+class InfGradAt(RaiseAt):
+    """A finite loss whose gradient is inf at one call (exp() overflowing inside the backward, in effect)."""
+
+    def __call__(self, model, batch):
+        self.calls += 1
+        out = mse_step(model, batch)
+        if self.calls - 1 == self.at:
+            out["loss"].register_hook(lambda grad: grad * float("inf"))
+        return out
+
+
+@pytest.mark.parametrize("grad_clip", [1.0, None])
+def test_non_finite_gradient_stops_before_the_update(tmp_path, grad_clip):
+    trainer, loader = make_trainer(tmp_path, step_fn=InfGradAt(ITERS + 2, RuntimeError("unused")),
+                                   grad_clip=grad_clip)
+    weights_before = None
+
+    def remember(t, epoch):
+        nonlocal weights_before
+        weights_before = {k: v.clone() for k, v in t.model.state_dict().items()}
+
+    trainer.on_epoch_end = remember
+    with pytest.raises(FloatingPointError, match=r"non-finite gradient .* epoch 1, iteration 2 .*loss was finite"):
+        trainer.fit(loader)
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())  # the poisoned update was not applied
+    model_now = trainer.model.state_dict()
+    saved = load_training_state(tmp_path / "last.pt")
+    assert saved["global_step"] == ITERS and all(torch.equal(saved["model"][k], weights_before[k]) for k in saved["model"])
+    assert any(not torch.equal(model_now[k], weights_before[k]) for k in model_now)  # iterations 0–1 did update
+
+
 def test_refuses_to_save_non_finite_weights(tmp_path):
     trainer, _ = make_trainer(tmp_path)
     with torch.no_grad():

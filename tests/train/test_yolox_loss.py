@@ -187,6 +187,21 @@ def test_mixed_batch_tiny_and_border_boxes_stay_finite():
     assert all_grads_finite(outputs)
 
 
+def test_overflowing_size_regressions_keep_gradients_finite():
+    # A diverging head (seen on real data: stride-8 log-sizes of ~93 after a too-short warmup) must not give NaN
+    # gradients: exp(93) is inf in float32, and inf boxes make the IoU loss's backward 0·inf = NaN.
+    size = 64
+    outputs = random_outputs(2, size)
+    with torch.no_grad():
+        outputs[1][0][:, 2:] = 95.0  # every stride-8 prior regresses an astronomically large box
+    gt_boxes = [torch.tensor([[4.0, 4.0, 40.0, 30.0]]), torch.tensor([[10.0, 20.0, 60.0, 60.0]])]
+    gt_labels = [torch.tensor([0]), torch.tensor([2])]
+    losses = YOLOXLoss(NUM_CLASSES)(*outputs, gt_boxes, gt_labels)
+    assert all(math.isfinite(value(v)) for v in losses.values())
+    losses["loss"].backward()
+    assert all_grads_finite(outputs)
+
+
 def test_divides_by_the_rank_averaged_positive_count(monkeypatch):
     size = 64
     gt_boxes, gt_labels = [torch.tensor([[8.0, 8.0, 40.0, 40.0]])], [torch.tensor([1])]
