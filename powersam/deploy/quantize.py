@@ -336,11 +336,12 @@ def _pre_process(src: Path, out: Path) -> Path:
     those convolutions cannot become integer kernels.
     """
     previous = os.getcwd()
+    src, out = src.resolve(), out.resolve()  # before the chdir below: a relative path would resolve against it
     # When its symbolic shape inference gives up, the tool dumps a debug model (and its external data) into the
     # current directory; run it from the scratch folder so nothing lands in the user's.
     os.chdir(out.parent)
     try:
-        quant_pre_process(str(src.resolve()), str(out.resolve()))
+        quant_pre_process(str(src), str(out))
     except Exception as err:  # the tool raises bare Exceptions on graphs its symbolic inference cannot follow
         logger.warning("quantisation pre-processing failed (%s: %s); quantising the graph as exported",
                        type(err).__name__, err)

@@ -272,3 +272,16 @@ def test_failed_pre_processing_falls_back_without_litter(exported, tmp_path, mon
     assert _pre_process(exported["decoder"], scratch / "prepared.onnx") == exported["decoder"]
     assert "pre-processing failed" in caplog.text
     assert list(cwd.iterdir()) == [] and Path.cwd() == cwd
+
+
+def test_pre_processing_takes_paths_relative_to_the_callers_cwd(exported, tmp_path, monkeypatch, caplog):
+    """`powersam bench --out docs/bench` hands relative graph paths in; they must not resolve against the scratch dir."""
+    from powersam.deploy.quantize import _pre_process
+
+    monkeypatch.chdir(exported["encoder"].parent)
+    scratch = tmp_path / "scratch_rel"
+    scratch.mkdir()
+    prepared = _pre_process(Path(exported["encoder"].name), scratch / "prepared.onnx")
+    assert "pre-processing failed" not in caplog.text
+    assert prepared == (scratch / "prepared.onnx").resolve() and prepared.exists()
+    assert Path.cwd() == exported["encoder"].parent
