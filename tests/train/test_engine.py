@@ -320,15 +320,21 @@ class NanAt(RaiseAt):
         return out
 
 
-def test_nan_loss_stops_with_epoch_and_iteration_and_keeps_checkpoint(tmp_path):
-    trainer, loader = make_trainer(tmp_path, step_fn=NanAt(ITERS + 5, RuntimeError("unused")))
-    weights_before = None
+def remember_weights_at_epoch_end(trainer) -> dict:
+    """A dict that holds a copy of the model's weights as they were at the last epoch end."""
+    weights: dict = {}
 
     def remember(t, epoch):
-        nonlocal weights_before
-        weights_before = {k: v.clone() for k, v in t.model.state_dict().items()}
+        weights.clear()
+        weights.update({k: v.clone() for k, v in t.model.state_dict().items()})
 
     trainer.on_epoch_end = remember
+    return weights
+
+
+def test_nan_loss_stops_with_epoch_and_iteration_and_keeps_checkpoint(tmp_path):
+    trainer, loader = make_trainer(tmp_path, step_fn=NanAt(ITERS + 5, RuntimeError("unused")))
+    weights_before = remember_weights_at_epoch_end(trainer)
     with pytest.raises(FloatingPointError, match=r"epoch 1, iteration 5 \(global step 13\)"):
         trainer.fit(loader)
     saved = load_training_state(tmp_path / "last.pt")
@@ -352,13 +358,7 @@ class InfGradAt(RaiseAt):
 def test_non_finite_gradient_stops_before_the_update(tmp_path, grad_clip):
     trainer, loader = make_trainer(tmp_path, step_fn=InfGradAt(ITERS + 2, RuntimeError("unused")),
                                    grad_clip=grad_clip)
-    weights_before = None
-
-    def remember(t, epoch):
-        nonlocal weights_before
-        weights_before = {k: v.clone() for k, v in t.model.state_dict().items()}
-
-    trainer.on_epoch_end = remember
+    weights_before = remember_weights_at_epoch_end(trainer)
     with pytest.raises(FloatingPointError, match=r"non-finite gradient .* epoch 1, iteration 2 .*loss was finite"):
         trainer.fit(loader)
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())  # the poisoned update was not applied
