@@ -83,6 +83,30 @@ class PromptFrameMixin:
             )
         return clipped
 
+    @staticmethod
+    def _single_prompt_as_batch(point_coords, point_labels, box, mask_input, mask_size: int, as_float):
+        """``predict``'s one prompt set → the 1-prompt batch ``predict_batch`` takes:
+        (boxes 1×4, point_coords 1×K×2, point_labels 1×K, mask_input 1×1×s×s), absent kinds None."""
+        if box is not None:
+            box = as_float("box", box)
+            if box.shape not in ((4,), (1, 4)):
+                raise ValueError(f"box must have shape (4,) or (1, 4) xyxy; got shape {tuple(box.shape)}")
+            box = box.reshape(1, 4)
+        if mask_input is not None:
+            mask_input = as_float("mask_input", mask_input)
+            check_shape("mask_input", mask_input, (1, mask_size, mask_size), f"1×{mask_size}×{mask_size}")
+            mask_input = mask_input[None]
+        if (point_coords is None) != (point_labels is None):
+            raise ValueError("point_coords and point_labels must be given together")
+        if point_coords is not None:
+            point_coords = as_float("point_coords", point_coords)
+            check_shape("point_coords", point_coords, (None, 2), "N×2")
+            point_coords = point_coords[None]
+            point_labels = np.asarray(point_labels)
+            check_shape("point_labels", point_labels, (point_coords.shape[1],), f"({point_coords.shape[1]},)")
+            point_labels = point_labels[None]
+        return box, point_coords, point_labels, mask_input
+
     def _validate_batch_prompts(self, boxes, point_coords, point_labels, mask_input, mask_size: int, as_float):
         """Check N-prompt inputs (original pixels) → (boxes clipped, point_coords, point_labels, mask_input, N).
 

@@ -13,7 +13,7 @@ import numpy as np
 from ..io import ImageSource, load_image
 from .preprocess import preprocess_image, upsample_masks
 from .session import GraphSession
-from ..prompt_frame import PromptFrameMixin, check_shape
+from ..prompt_frame import PromptFrameMixin
 
 __all__ = ["OnnxSamPredictor"]
 
@@ -108,25 +108,9 @@ class OnnxSamPredictor(PromptFrameMixin):
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One prompt set → ``(masks C×H×W, scores C, low_res_logits C×s×s)``; see ``SamPredictor.predict``."""
         self._require_image()
-        if box is not None:
-            box = _as_float_array("box", box)
-            if box.shape not in ((4,), (1, 4)):
-                raise ValueError(f"box must have shape (4,) or (1, 4) xyxy; got shape {tuple(box.shape)}")
-            box = box.reshape(1, 4)
-        if mask_input is not None:
-            mask_input = _as_float_array("mask_input", mask_input)
-            s = self._mask_size
-            check_shape("mask_input", mask_input, (1, s, s), f"1×{s}×{s}")
-            mask_input = mask_input[None]
-        if (point_coords is None) != (point_labels is None):
-            raise ValueError("point_coords and point_labels must be given together")
-        if point_coords is not None:
-            point_coords = _as_float_array("point_coords", point_coords)
-            check_shape("point_coords", point_coords, (None, 2), "N×2")
-            point_coords = point_coords[None]
-            point_labels = np.asarray(point_labels)
-            check_shape("point_labels", point_labels, (point_coords.shape[1],), f"({point_coords.shape[1]},)")
-            point_labels = point_labels[None]
+        box, point_coords, point_labels, mask_input = self._single_prompt_as_batch(
+            point_coords, point_labels, box, mask_input, self._mask_size, _as_float_array
+        )
         masks, scores, low_res = self.predict_batch(
             boxes=box, point_coords=point_coords, point_labels=point_labels, mask_input=mask_input,
             multimask_output=multimask_output, return_logits=return_logits,
