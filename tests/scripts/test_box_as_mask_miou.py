@@ -1,0 +1,41 @@
+"""scripts/box_as_mask_miou.py: the README's reference row for prompted mIoU."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from powersam.data.coco import CocoInstances
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "box_as_mask_miou.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("box_as_mask_miou", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_rectangle_scores_one_and_triangle_one_half(tmp_path):
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "a.png")
+    rectangle = [2, 2, 22, 2, 22, 12, 2, 12]  # fills its box exactly
+    triangle = [0, 20, 20, 20, 0, 40]  # half of its 20×20 box
+    coco = {
+        "images": [{"id": 1, "file_name": "a.png", "width": 40, "height": 40}],
+        "categories": [{"id": 1, "name": "thing"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "segmentation": [rectangle], "bbox": [2, 2, 20, 10],
+             "area": 200, "iscrowd": 0},
+            {"id": 2, "image_id": 1, "category_id": 1, "segmentation": [triangle], "bbox": [0, 20, 20, 20],
+             "area": 200, "iscrowd": 0},
+        ],
+    }
+    (tmp_path / "annotations.json").write_text(json.dumps(coco))
+    ious = load_script().box_as_mask_ious(CocoInstances(tmp_path))
+    assert ious.shape == (2,)
+    assert ious[0] > 0.99
+    assert 0.45 < ious[1] < 0.6  # rasterised triangle: about half the box
