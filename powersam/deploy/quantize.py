@@ -21,7 +21,8 @@ What is quantised, and why:
 Only ``Conv`` nodes get quantize/dequantize pairs; element-wise ops (GELU, SE gates, residual adds, the neck's
 LayerNorm2d) run in float between them (quantising them too measured no faster and less accurate). Weights are int8,
 symmetric, per output channel; activations are per tensor, asymmetric, from the calibration ranges (MinMax, or
-Percentile to clip rare outliers).
+Percentile to clip rare outliers); ``for_tensorrt=True`` makes them symmetric int8 and leaves biases float, as
+TensorRT requires.
 
 Activation type: ONNX Runtime's documentation names QDQ S8S8 (int8 activations) its first choice, but with
 onnxruntime 1.32 on x86 its CPU provider turned only 34 of the 75 encoder convolutions of an S8S8 graph into integer
@@ -44,7 +45,6 @@ import logging
 import os
 import shutil
 import tempfile
-from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -56,6 +56,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from ..io import ImageSource, list_images, load_image
 from ..runtime.preprocess import preprocess_image
 from .metadata import KEY_PREFIX, GraphMetadata
+from .onnx_graph import descendants, nms_nodes, upstream_to
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +75,7 @@ __all__ = [
 
 QUANTIZATION_KEY = KEY_PREFIX + "quantization"
 # No "entropy": quantize_static builds ONNX Runtime's entropy calibrator with 128 histogram bins for 128 quantized
-# bins, so the KL search has nothing to clip and the ranges come out as MinMax's (measured identical here). The
-# TensorRT path calibrates with TensorRT's own entropy calibrator.
+# bins, so the KL search has nothing to clip and the ranges come out as MinMax's (measured identical here).
 CALIBRATION_METHODS = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile}
 ACTIVATION_TYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
 QUANTIZED_OP_TYPES = ("Conv",)
@@ -136,7 +136,7 @@ class ImageCalibrationReader(CalibrationDataReader):
     and its exported ``score_thr`` / ``nms_iou`` / ``max_det`` defaults as 0-d tensors (the ``max_det`` argument
     replaces the last). Images are loaded lazily, so a large set does not sit in memory. Implements ONNX Runtime's
     reader protocol, including ``__len__`` and ``set_range`` for chunked calibration; :meth:`feeds` gives random
-    access (the TensorRT calibrator uses it).
+    access.
     """
 
     def __init__(self, images: Sequence[ImageSource], metadata: GraphMetadata, max_det: Optional[int] = None) -> None:
@@ -208,38 +208,9 @@ def select_nodes_to_quantize(model: onnx.ModelProto, graph_kind: str) -> list[st
 
 def _float_tail(nodes: Sequence[onnx.NodeProto]) -> set[str]:
     """NMS, every node it feeds, and the convolutions whose outputs reach it without passing another convolution."""
-    selectors = [node for node in nodes if node.op_type == "NonMaxSuppression"]
-    if not selectors:
-        raise ValueError("the integrated graph has no NonMaxSuppression node; is it a PowerSAM integrated export?")
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    producer: dict[str, onnx.NodeProto] = {}
-    for node in nodes:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-        for name in node.output:
-            producer[name] = node
-
-    tail: set[str] = set()
-    queue = deque(selectors)
-    while queue:  # downstream of NMS
-        node = queue.popleft()
-        if node.name in tail:
-            continue
-        tail.add(node.name)
-        queue.extend(c for out in node.output for c in consumers.get(out, []))
-
-    seen: set[str] = set()
-    queue = deque(producer[name] for s in selectors for name in s.input if name in producer)
-    while queue:  # upstream of NMS, stopping at the first convolution of each path (the predictors)
-        node = queue.popleft()
-        if node.name in seen:
-            continue
-        seen.add(node.name)
-        if node.op_type in QUANTIZED_OP_TYPES:
-            tail.add(node.name)
-            continue
-        queue.extend(producer[name] for name in node.input if name in producer)
-    return tail
+    selectors = nms_nodes(nodes)
+    _, predictors = upstream_to(nodes, selectors, QUANTIZED_OP_TYPES)
+    return descendants(nodes, selectors) | predictors
 
 
 # ------------------------------------------------------------------------------------------------ quantisation
@@ -251,7 +222,8 @@ def quantize_onnx(
     method: str = "minmax",
     per_channel: bool = True,
     *,
-    activation_type: str = "uint8",
+    activation_type: Optional[str] = None,
+    for_tensorrt: bool = False,
     reduce_range: bool = False,
     seed: int = 0,
 ) -> Path:
@@ -267,8 +239,11 @@ def quantize_onnx(
         method: activation range calibration, ``"minmax"`` or ``"percentile"`` (the 0.001th to 99.999th
             percentiles, ORT's default: clips rare outliers).
         per_channel: per-output-channel weight scales (recommended; per-tensor loses accuracy on depthwise convs).
-        activation_type: ``"uint8"`` (U8S8, default: the fast path of ONNX Runtime's CPU kernels) or ``"int8"``
-            (S8S8); see the module docstring.
+        activation_type: ``"uint8"`` (U8S8, the default: the fast path of ONNX Runtime's CPU kernels) or
+            ``"int8"`` (S8S8); see the module docstring.
+        for_tensorrt: write the QDQ form TensorRT builds INT8 engines from (:mod:`powersam.deploy.tensorrt`): int8
+            activations with symmetric ranges (zero point 0) and float32 convolution biases (TensorRT dequantizes
+            only 8-bit and smaller types). Implies ``activation_type="int8"``.
         reduce_range: 7-bit weights, against the int16 saturation of U8S8 on x86 CPUs without VNNI.
         seed: seed of the synthetic calibration scenes.
     """
@@ -279,8 +254,12 @@ def quantize_onnx(
         raise ValueError(f"dst must differ from src ({src}); quantisation does not work in place")
     if method not in CALIBRATION_METHODS:
         raise ValueError(f"method must be one of {sorted(CALIBRATION_METHODS)}, got {method!r}")
+    if activation_type is None:
+        activation_type = "int8" if for_tensorrt else "uint8"
     if activation_type not in ACTIVATION_TYPES:
         raise ValueError(f"activation_type must be one of {sorted(ACTIVATION_TYPES)}, got {activation_type!r}")
+    if for_tensorrt and activation_type != "int8":
+        raise ValueError("for_tensorrt needs activation_type='int8': TensorRT takes only zero-point-0 int8 activations")
     source = onnx.load(str(src), load_external_data=False)
     props = {p.key: p.value for p in source.metadata_props}
     metadata = GraphMetadata.from_props(props, source=str(src))
@@ -310,13 +289,16 @@ def quantize_onnx(
             activation_type=ACTIVATION_TYPES[activation_type],
             weight_type=QuantType.QInt8,
             calibrate_method=CALIBRATION_METHODS[method],
-            extra_options={"CalibStridedMinMax": _chunk_size(len(reader))},
+            extra_options={"CalibStridedMinMax": _chunk_size(len(reader)), "ActivationSymmetric": for_tensorrt,
+                           "WeightSymmetric": True, "QuantizeBias": not for_tensorrt},
         )
         origin = "synthetic scenes" if calib_images is None else "images"
         tail = "" if metadata.graph == "encoder" else "; detection predictors, NMS and mask decoder in float32"
         record = (
             f"int8-qdq-static; weights int8 {'per-channel' if per_channel else 'per-tensor'} symmetric; activations "
-            f"{activation_type} per-tensor; calibration {method} on {len(images)} {origin}; {len(nodes)} Conv{tail}"
+            f"{activation_type} per-tensor {'symmetric' if for_tensorrt else 'asymmetric'}; "
+            f"{'float' if for_tensorrt else 'int32'} biases; calibration {method} on {len(images)} {origin}; "
+            f"{len(nodes)} Conv{tail}"
         )
         _write_metadata(tmp, props, record)
         shutil.move(str(tmp), str(dst))

@@ -177,6 +177,30 @@ def test_integrated_int8_runs_in_runtime(exported, int8_integrated):
     assert len(empty.boxes) == 0
 
 
+def test_tensorrt_form_is_symmetric_int8_with_float_biases(exported, calib_dir, tmp_path):
+    """TensorRT reads only zero-point-0 int8 Q/DQ, and dequantizes nothing wider than 8 bits (no int32 biases)."""
+    src = exported["encoder"]
+    out = quantize_onnx(src, src.with_name("encoder.trt.onnx"), calib_dir, num_calib=4, for_tensorrt=True)
+    graph = onnx.load(str(out)).graph
+    initializers = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+    qdq = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    zero_points = [initializers[n.input[2]] for n in qdq]
+    assert qdq and all(z.dtype == np.int8 and not z.any() for z in zero_points)
+    dequantized = [initializers[n.input[0]] for n in qdq if n.op_type == "DequantizeLinear" and n.input[0] in
+                   initializers]
+    assert dequantized and all(w.dtype == np.int8 for w in dequantized), "weights int8, biases left float"
+    assert convs_with_int8_weights(out) == op_counts(src)["Conv"]
+    assert "activations int8 per-tensor symmetric; float biases" in props(out)[QUANTIZATION_KEY]
+
+    fp32, int8 = rt.load(src, threads=1), rt.load(out, threads=1)
+    image, _ = scene(104)
+    for predictor in (fp32, int8):
+        predictor.set_image(image)
+    assert cosine(fp32.features, int8.features) >= MIN_EMBEDDING_COSINE
+    with pytest.raises(ValueError, match="for_tensorrt"):
+        quantize_onnx(src, tmp_path / "x.onnx", activation_type="uint8", for_tensorrt=True)
+
+
 # ------------------------------------------------------------------------------------------------ calibration data
 def test_reader_feeds_what_the_runtime_feeds(exported, calib_dir):
     meta = GraphMetadata.from_props(props(exported["integrated"]))

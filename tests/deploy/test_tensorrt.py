@@ -1,5 +1,6 @@
-"""TensorRT: clear failures without TensorRT or a GPU (CLI exits 1), profile defaults, engine metadata; engine build
-and run against ONNX Runtime only where TensorRT and a CUDA GPU exist."""
+"""TensorRT: clear failures without TensorRT or a GPU (CLI exits 1), profile defaults, engine metadata, the build
+driven end to end against a stand-in with TensorRT 11's API; real engines against ONNX Runtime only where TensorRT
+and a CUDA GPU exist."""
 from __future__ import annotations
 
 import json
@@ -7,6 +8,7 @@ import sys
 import types
 
 import numpy as np
+import onnx
 import pytest
 
 from powersam.cli import main
@@ -16,13 +18,16 @@ from powersam.deploy.tensorrt import (
     DIMENSION_RANGES,
     TensorRTSession,
     TensorRTUnavailable,
-    _set_profile,
     build_engine,
     engine_metadata_path,
     engine_props,
     load_engine,
     require_tensorrt,
 )
+from powersam.deploy.onnx_export import export_onnx
+from powersam.deploy.tensorrt.build import _set_profile
+from tensorrt_standin import StandIn
+from test_onnx_export import detecting_powersam
 
 
 @pytest.fixture
@@ -31,22 +36,27 @@ def no_tensorrt(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)
 
 
-@pytest.fixture
-def tensorrt_without_gpu(monkeypatch):
-    """A stand-in TensorRT and CUDA runtime binding that report no device."""
-    success, no_device = "cudaSuccess", "cudaErrorNoDevice"
+def install_cuda_runtime(monkeypatch, devices: int) -> None:
+    """A stand-in ``cuda.bindings.runtime`` reporting ``devices`` CUDA devices."""
+    success = "cudaSuccess"
     cudart = types.SimpleNamespace(
         cudaError_t=types.SimpleNamespace(cudaSuccess=success),
-        cudaGetDeviceCount=lambda: (no_device, 0),
+        cudaGetDeviceCount=lambda: (success, devices) if devices else ("cudaErrorNoDevice", 0),
     )
     bindings = types.ModuleType("cuda.bindings")
     bindings.runtime = cudart
     cuda = types.ModuleType("cuda")
     cuda.bindings = bindings
-    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.0.0"))
     monkeypatch.setitem(sys.modules, "cuda", cuda)
     monkeypatch.setitem(sys.modules, "cuda.bindings", bindings)
     monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", cudart)
+
+
+@pytest.fixture
+def tensorrt_without_gpu(monkeypatch):
+    """A stand-in TensorRT and CUDA runtime binding that report no device."""
+    install_cuda_runtime(monkeypatch, 0)
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.0.0"))
 
 
 def export_tensorrt(tmp_path, *extra: str) -> int:
@@ -66,6 +76,13 @@ def test_cli_without_gpu_exits_1(tensorrt_without_gpu, tmp_path, capsys):
     assert export_tensorrt(tmp_path) == 1
     assert "no CUDA device" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_old_tensorrt_is_refused(monkeypatch):
+    install_cuda_runtime(monkeypatch, 1)
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="8.6.1"))
+    with pytest.raises(TensorRTUnavailable, match="8.6.1 is too old"):
+        require_tensorrt()
 
 
 def test_api_without_tensorrt(no_tensorrt, tmp_path):
@@ -153,6 +170,87 @@ def test_profile_defaults_and_overrides():
         _set_profile(FakeProfile(), unknown, meta, {}, {}, {})
 
 
+# ------------------------------------------------------------------------------------------------ TensorRT 11 stand-in
+FLOAT16, INT8 = onnx.TensorProto.FLOAT16, onnx.TensorProto.INT8
+
+
+@pytest.fixture
+def standin(monkeypatch):
+    """TensorRT 11's API without a GPU (see tensorrt_standin.py), and a CUDA runtime with one device."""
+    recorder = StandIn()
+    install_cuda_runtime(monkeypatch, 1)
+    monkeypatch.setitem(sys.modules, "tensorrt", recorder.module())
+    return recorder
+
+
+@pytest.fixture(scope="module")
+def graphs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("trt")
+    model = detecting_powersam()
+    integrated = export_onnx(model, folder / "powersam.onnx", max_det=30)[0]
+    encoder, decoder = export_onnx(model, folder / "pair", interactive=True)
+    return {"integrated": integrated, "encoder": encoder, "decoder": decoder}
+
+
+def sidecar(engine) -> dict:
+    return json.loads(engine_metadata_path(engine).read_text())
+
+
+def test_fp16_pair_builds_strongly_typed_from_fp16_graphs(standin, graphs, tmp_path):
+    engines = [build_engine(graphs[k], tmp_path / f"{k}.engine") for k in ("encoder", "decoder")]
+    assert [p.name for p in sorted(tmp_path.iterdir())] == [
+        "decoder.engine", "decoder.engine.json", "encoder.engine", "encoder.engine.json"], "no conversion litter"
+    strongly_typed = 1 << 1
+    for network, config in zip(standin.networks, standin.configs):
+        assert network.flags == strongly_typed and not config.flags, "precision comes from the graph, not flags"
+        weights = [t for t in network.parsed.graph.initializer if len(t.dims) == 4]
+        assert weights and all(t.data_type == FLOAT16 for t in weights)
+        assert config.pools[0] == 4 * 2**30
+    encoder, decoder = (sidecar(e) for e in engines)
+    assert encoder["precision"] == decoder["precision"] == "fp16" and encoder["tensorrt_version"] == "11.4.0.106"
+    assert GraphMetadata.from_props(encoder["metadata"]).partner == "decoder.engine"
+    profile = standin.configs[1].profiles[0]
+    assert set(profile.shapes) == {"point_coords", "point_labels", "mask_input"}
+    assert profile.shapes["point_coords"][2][:2] == (DIMENSION_RANGES["num_prompts"][2], DIMENSION_RANGES["num_points"][2])
+
+
+def test_int8_integrated_builds_from_symmetric_qdq(standin, graphs, tmp_path, caplog):
+    engine = build_engine(graphs["integrated"], tmp_path / "powersam.engine", "int8", num_calib=2)
+    parsed = standin.networks[0].parsed
+    initializers = {t.name: t for t in parsed.graph.initializer}
+    quantize = [n for n in parsed.graph.node if n.op_type == "QuantizeLinear"]
+    assert quantize, "INT8 comes from Q/DQ nodes in the graph"
+    for node in quantize:
+        zero_point = onnx.numpy_helper.to_array(initializers[node.input[2]])
+        assert zero_point.dtype == np.int8 and not zero_point.any()
+    assert sidecar(engine)["precision"] == "int8"
+    assert standin.configs[0].profiles[0].values == {"max_det": ([1], [30], [30])}
+
+    with caplog.at_level("WARNING"):
+        build_engine(graphs["decoder"], tmp_path / "decoder.engine", "int8")
+    assert "not INT8-quantised" in caplog.text and sidecar(tmp_path / "decoder.engine")["precision"] == "fp16"
+
+
+def test_fp32_builds_from_the_export_itself(standin, graphs, tmp_path):
+    engine = build_engine(graphs["encoder"], tmp_path / "encoder.engine", "fp32", workspace_gb=0.5)
+    assert standin.networks[0].parsed_path == str(graphs["encoder"])
+    assert sidecar(engine)["precision"] == "fp32" and standin.configs[0].pools[0] == 2**29
+    with pytest.raises(ValueError, match="precision"):
+        build_engine(graphs["encoder"], tmp_path / "x.engine", "int4")
+    with pytest.raises(ValueError, match="workspace"):
+        build_engine(graphs["encoder"], tmp_path / "x.engine", workspace_gb=0)
+
+
+def test_cli_builds_engines(standin, tmp_path, capsys):
+    assert export_tensorrt(tmp_path, "--interactive") == 0
+    out = capsys.readouterr().out
+    for name in ("model.encoder.onnx", "model.decoder.onnx", "model.encoder.engine", "model.decoder.engine"):
+        assert f"wrote {tmp_path / name}" in out
+    assert sidecar(tmp_path / "model.encoder.engine")["precision"] == "fp16"
+    assert export_tensorrt(tmp_path / "x", "--int8", "--no-fp16") == 1
+    assert "choose one" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------------------------ real TensorRT
 def _tensorrt_or_skip():
     pytest.importorskip("tensorrt")
@@ -166,11 +264,9 @@ def test_encoder_engine_matches_onnx_runtime(tmp_path):
     """Only on a machine with TensorRT and a CUDA GPU: FP32 engine of the encoder ≈ ONNX Runtime."""
     _tensorrt_or_skip()
     import powersam.runtime as rt
-    from powersam.deploy.onnx_export import export_onnx
-    from test_onnx_export import detecting_powersam
 
     encoder, decoder = export_onnx(detecting_powersam(), tmp_path / "pair", interactive=True)
-    engines = [build_engine(p, p.with_suffix(".engine"), fp16=False) for p in (encoder, decoder)]
+    engines = [build_engine(p, p.with_suffix(".engine"), precision="fp32") for p in (encoder, decoder)]
     predictor = load_engine(engines[0])
     reference = rt.load(encoder, threads=1)
     image = np.random.default_rng(0).integers(0, 256, size=(90, 140, 3), dtype=np.uint8)

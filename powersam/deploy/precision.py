@@ -1,0 +1,90 @@
+"""FP16 copies of exported graphs, for TensorRT's strongly typed builder.
+
+TensorRT 11 (``pip install tensorrt`` gives 11.4 at the time of writing) builds every network strongly typed: the builder
+flags that let TensorRT 10 pick FP16 or INT8 kernels on its own (``BuilderFlag.FP16``/``INT8``) and its INT8
+calibrators are gone, so an engine's precision is the precision of the ONNX graph it is built from. An FP16 engine
+is therefore built from an FP16 graph, written here by ONNX Runtime's float16 converter (shipped in
+``onnxruntime.transformers``, no extra dependency), with these parts kept in float32:
+
+* the graph's inputs and outputs (``keep_io_types``): the runtime feeds and reads float32 as for any export;
+* the detection bookkeeping of an integrated graph (:func:`~powersam.deploy.onnx_graph.detection_path`): box
+  decoding (``exp`` of size logits times the stride overflows FP16's 65504 for a wild prediction), score
+  products and thresholds, NMS and the gathers that lead to the ``boxes`` / ``scores`` / ``labels`` outputs, so
+  boxes keep sub-pixel coordinates (FP16 has 0.5 px steps above 1024);
+* normalisation statistics (``LayerNormalization``, and the ``Pow``/``ReduceMean``/``Sqrt`` of the decomposed
+  channel LayerNorm of the fuse neck): a sum of squares overflows FP16 long before the activations do;
+* what ONNX Runtime's converter keeps in float32 anyway (``NonMaxSuppression``, ``TopK``, ``Range``, ``Min``/``Max``…).
+
+Convolutions, matrix products, attention and the mask decoder run in FP16, with FP32 accumulation in TensorRT. The
+result also runs on ONNX Runtime's CPU provider (which computes FP16 nodes it has no kernel for in float32), which is
+how the tests check it without a GPU.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Iterable, Optional, Union
+
+import onnx
+
+from .metadata import KEY_PREFIX, GraphMetadata
+from .onnx_graph import detection_path, sort_topologically
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["FLOAT32_OP_TYPES", "PRECISION_KEY", "float16_blocked_nodes", "to_float16"]
+
+PRECISION_KEY = KEY_PREFIX + "precision"
+FLOAT32_OP_TYPES = ("LayerNormalization", "Pow", "ReduceMean", "Sqrt")
+# onnx.save refuses protobufs over 2 GiB; bigger graphs (SAM-H's encoder) keep their weights in a side file.
+_EXTERNAL_DATA_BYTES = 1 << 30
+
+
+def float16_blocked_nodes(model: onnx.ModelProto, graph_kind: str) -> list[str]:
+    """Names of the nodes that stay float32, besides those of :data:`FLOAT32_OP_TYPES` (see the module docstring)."""
+    if graph_kind != "integrated":
+        return []
+    _, bookkeeping = detection_path(model)
+    return sorted(bookkeeping)
+
+
+def to_float16(src: Union[str, Path], dst: Union[str, Path], *,
+               extra_float32_ops: Optional[Iterable[str]] = None) -> Path:
+    """Write an FP16 copy of an exported float32 graph to ``dst`` (inputs and outputs stay float32); returns ``dst``.
+
+    Args:
+        src: a graph written by :func:`~powersam.deploy.onnx_export.export_onnx` (integrated, encoder or decoder).
+        dst: output ``.onnx`` path (may not be ``src``).
+        extra_float32_ops: more operator types to keep in float32 (e.g. ``["Softmax"]``) if a model overflows.
+    """
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    src, dst = Path(src), Path(dst)
+    if not src.is_file():
+        raise FileNotFoundError(f"no ONNX file at {src}")
+    if src.resolve() == dst.resolve():
+        raise ValueError(f"dst must differ from src ({src})")
+    model = onnx.load(str(src))
+    props = {p.key: p.value for p in model.metadata_props}
+    metadata = GraphMetadata.from_props(props, source=str(src))
+    if props.get(KEY_PREFIX + "quantization", "").startswith("int8"):
+        raise ValueError(f"{src.name} is an INT8 graph; convert the float export to FP16")
+    unnamed = [i for i, node in enumerate(model.graph.node) if not node.name]
+    if unnamed:
+        raise ValueError(f"{src.name}: {len(unnamed)} node(s) have no name (first: #{unnamed[0]})")
+    blocked_ops = [*DEFAULT_OP_BLOCK_LIST, *FLOAT32_OP_TYPES, *(extra_float32_ops or [])]
+    blocked_nodes = float16_blocked_nodes(model, metadata.graph)
+    half = convert_float_to_float16(model, keep_io_types=True, op_block_list=blocked_ops,
+                                    node_block_list=blocked_nodes)
+    sort_topologically(half.graph)  # the converter appends the input casts last
+    del half.metadata_props[:]
+    record = f"fp16 (float32 I/O; float32 ops {', '.join(FLOAT32_OP_TYPES)}; {len(blocked_nodes)} detection nodes)"
+    for key, value in {**props, PRECISION_KEY: record}.items():
+        entry = half.metadata_props.add()
+        entry.key, entry.value = key, value
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    external = sum(len(t.raw_data) for t in half.graph.initializer) > _EXTERNAL_DATA_BYTES
+    onnx.save(half, str(dst), save_as_external_data=external, location=dst.name + ".data" if external else None)
+    onnx.checker.check_model(str(dst), full_check=True)  # type-consistent, as a strongly typed build requires
+    logger.info("wrote FP16 graph %s (%s)", dst, record)
+    return dst
