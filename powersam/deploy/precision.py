@@ -21,9 +21,10 @@ how the tests check it without a GPU.
 """
 from __future__ import annotations
 
+import argparse
 import logging
 from pathlib import Path
-from typing import Iterable, Optional, Union
+from typing import Callable, Iterable, Optional, Union
 
 import onnx
 
@@ -32,7 +33,8 @@ from .onnx_graph import detection_path, sort_topologically
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FLOAT32_OP_TYPES", "PRECISION_KEY", "float16_blocked_nodes", "to_float16"]
+__all__ = ["FLOAT32_OP_TYPES", "PRECISION_KEY", "add_fp16_arguments", "float16_blocked_nodes", "float16_path",
+           "fp16_runner", "to_float16"]
 
 PRECISION_KEY = KEY_PREFIX + "precision"
 FLOAT32_OP_TYPES = ("LayerNormalization", "Pow", "ReduceMean", "Sqrt")
@@ -49,13 +51,15 @@ def float16_blocked_nodes(model: onnx.ModelProto, graph_kind: str) -> list[str]:
 
 
 def to_float16(src: Union[str, Path], dst: Union[str, Path], *,
-               extra_float32_ops: Optional[Iterable[str]] = None) -> Path:
+               extra_float32_ops: Optional[Iterable[str]] = None, partner: Optional[str] = None) -> Path:
     """Write an FP16 copy of an exported float32 graph to ``dst`` (inputs and outputs stay float32); returns ``dst``.
 
     Args:
         src: a graph written by :func:`~powersam.deploy.onnx_export.export_onnx` (integrated, encoder or decoder).
         dst: output ``.onnx`` path (may not be ``src``).
         extra_float32_ops: more operator types to keep in float32 (e.g. ``["Softmax"]``) if a model overflows.
+        partner: half of an interactive pair: the file name its metadata should name as the other half (default:
+            the source's partner, i.e. the float32 one).
     """
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
@@ -79,6 +83,8 @@ def to_float16(src: Union[str, Path], dst: Union[str, Path], *,
     sort_topologically(half.graph)  # the converter appends the input casts last
     del half.metadata_props[:]
     record = f"fp16 (float32 I/O; float32 ops {', '.join(FLOAT32_OP_TYPES)}; {len(blocked_nodes)} detection nodes)"
+    if partner is not None:
+        props[KEY_PREFIX + "partner"] = partner
     for key, value in {**props, PRECISION_KEY: record}.items():
         entry = half.metadata_props.add()
         entry.key, entry.value = key, value
@@ -88,3 +94,46 @@ def to_float16(src: Union[str, Path], dst: Union[str, Path], *,
     onnx.checker.check_model(str(dst), full_check=True)  # type-consistent, as a strongly typed build requires
     logger.info("wrote FP16 graph %s (%s)", dst, record)
     return dst
+
+
+# ------------------------------------------------------------------------------------------------ exports and CLI
+ExportRunner = Callable[[argparse.Namespace], list[Path]]
+
+
+def float16_path(path: Union[str, Path]) -> Path:
+    """Where the FP16 twin of an exported graph goes: ``X.onnx`` → ``X.fp16.onnx``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.fp16{path.suffix or '.onnx'}")
+
+
+def add_fp16_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--fp16`` on ``powersam export --format onnx``."""
+    parser.add_argument("--fp16", action="store_true", help="also write X.fp16.onnx: FP16 compute, float32 inputs "
+                        "and outputs (for ONNX Runtime's CUDA provider, or a TensorRT engine built on the device)")
+
+
+def fp16_runner(export: ExportRunner) -> ExportRunner:
+    """The ``--format onnx`` back end with ``--fp16``: ``export``'s files plus FP16 twins of its float graphs (an
+    interactive pair's twins name each other as partners)."""
+
+    def run(args: argparse.Namespace) -> list[Path]:
+        paths = export(args)
+        if not getattr(args, "fp16", False):
+            return paths
+        floats = [p for p in paths if not _quantized(p)]
+        twins = {p.name: float16_path(p).name for p in floats}
+        written = []
+        for path in floats:
+            partner = _props(path).get(KEY_PREFIX + "partner")
+            written.append(to_float16(path, float16_path(path), partner=twins.get(partner) if partner else None))
+        return [*paths, *written]
+
+    return run
+
+
+def _props(path: Path) -> dict[str, str]:
+    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+
+
+def _quantized(path: Path) -> bool:
+    return _props(path).get(KEY_PREFIX + "quantization", "").startswith("int8")

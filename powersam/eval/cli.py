@@ -21,13 +21,15 @@ def _add_common_arguments(parser: argparse.ArgumentParser, several_models: bool 
     if several_models:
         parser.add_argument("--model", default=None,
                             help="zoo model name (optional with a PowerSAM checkpoint), or a comma list of model and "
-                                 "group names (table1, table2; see 'powersam models'): evaluated in turn on the same data")
+                                 "group names (table1, table2; see 'powersam models'): evaluated in turn on the same "
+                                 "data; or an interactive export (encoder .onnx / .engine, or their folder)")
         parser.add_argument("--checkpoint", action="append", default=[], metavar="FILE|NAME=PATH",
                             help="weights to load (an official file, or one written by powersam); with several models "
                                  "give NAME=PATH, repeatable, as for 'powersam bench' (models without one get random "
                                  "weights)")
     else:
-        parser.add_argument("--model", default=None, help="zoo model name (optional with a PowerSAM checkpoint)")
+        parser.add_argument("--model", default=None, help="zoo model name (optional with a PowerSAM checkpoint), or "
+                            "an integrated .onnx / .engine export (its FP16 / INT8 twins included)")
         parser.add_argument("--checkpoint", type=Path, default=None,
                             help="weights to load (an official file, or one written by powersam)")
     parser.add_argument("--data", type=Path, required=True, help="COCO dataset folder or annotation JSON")
@@ -186,9 +188,15 @@ def _miou_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_miou(args: argparse.Namespace) -> int:
     """``powersam eval miou``: mIoU with GT box / point prompts and corrective clicks, for one model or several."""
+    from powersam.deploy.predict.segment import is_onnx
     from powersam.eval.miou import evaluate_miou, format_miou_report
 
     try:
+        if args.model is not None and is_onnx(args.model):
+            dataset = _open_dataset(args)
+            model = _exported_predictor(args)
+            result = evaluate_miou(model, dataset, **_miou_kwargs(args))
+            return _finish(args, result, format_miou_report(result), model)
         names, checkpoints = _miou_models(args)
         if len(names) > 1:
             return _run_miou_several(args, names, checkpoints)
@@ -245,19 +253,48 @@ def _run_miou_several(args: argparse.Namespace, names: list[str], checkpoints: d
     return 0
 
 
+def _exported_predictor(args: argparse.Namespace) -> Any:
+    """An interactive ``.onnx`` / ``.engine`` pair (the runtime's OnnxSamPredictor), for the mIoU of FP16/INT8
+    encoders."""
+    from powersam.deploy.predict.segment import can_detect, load_model
+
+    if args.checkpoint:
+        raise ValueError("--checkpoint applies to PyTorch models; an export has its weights built in")
+    model = load_model(args.model, None, args.img_size, args.device)
+    if can_detect(model):
+        raise ValueError(f"{args.model} is an integrated export; prompted mIoU needs an interactive one "
+                         "(powersam export --interactive)")
+    return model
+
+
+def _exported_detector(args: argparse.Namespace) -> Any:
+    """An integrated ``.onnx`` / ``.engine`` export (the runtime's OnnxPowerSAM), for the AP of FP16/INT8 graphs."""
+    from powersam.deploy.predict.segment import can_detect, load_model
+
+    if args.detector_checkpoint is not None:
+        raise ValueError("--detector-checkpoint applies to PyTorch models; an export has its detector built in")
+    model = load_model(args.model, args.checkpoint, args.img_size, args.device)
+    if not can_detect(model):
+        raise ValueError(f"{args.model} is an interactive encoder/decoder pair; AP needs an integrated export")
+    return model
+
+
 def run_det(args: argparse.Namespace) -> int:
     """``powersam eval det``: COCO box / mask AP of an integrated or decoupled model.
 
     Without a checkpoint the (randomly initialised) detector gets the dataset's classes, so a smoke test runs;
     with one, its recorded classes must match the dataset's."""
+    from powersam.deploy.predict.segment import is_onnx
     from powersam.eval.detection import evaluate_detection, format_detection_report
 
     try:
         dataset = _open_dataset(args)
-        extra: dict[str, Optional[Any]] = {"detector_checkpoint": args.detector_checkpoint}
-        if args.checkpoint is None:
-            extra["class_names"] = list(dataset.class_names)
-        model = _build(args, **extra)
+        model = _exported_detector(args) if is_onnx(args.model) else None
+        if model is None:
+            extra: dict[str, Optional[Any]] = {"detector_checkpoint": args.detector_checkpoint}
+            if args.checkpoint is None:
+                extra["class_names"] = list(dataset.class_names)
+            model = _build(args, **extra)
         result = evaluate_detection(
             model, dataset, max_images=args.max_images, conf=args.conf, iou=args.iou, max_det=args.max_det,
             progress=not args.no_progress, verbose=args.verbose_coco,

@@ -8,6 +8,8 @@ import onnxruntime as ort
 import pytest
 
 import powersam.runtime as rt
+from powersam.cli import main
+from powersam.deploy import register_export_formats
 from powersam.deploy.onnx_export import export_onnx
 from powersam.deploy.onnx_graph import detection_path
 from powersam.deploy.precision import FLOAT32_OP_TYPES, PRECISION_KEY, float16_blocked_nodes, to_float16
@@ -136,3 +138,16 @@ def test_bad_arguments(graphs, tmp_path):
     with pytest.raises(ValueError, match="INT8"):
         to_float16(tmp_path / "int8.onnx", tmp_path / "x.onnx")
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_fp16_export_hook_pairs_the_twins(tmp_path, capsys):
+    register_export_formats()
+    out = tmp_path / "pair"
+    assert main(["export", "--model", "powersam_s", "--size", "128", "--interactive", "--fp16", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    for name in ("encoder.onnx", "decoder.onnx", "encoder.fp16.onnx", "decoder.fp16.onnx"):
+        assert f"wrote {out / name}" in printed
+    assert props(out / "encoder.fp16.onnx")["powersam.partner"] == "decoder.fp16.onnx"
+    assert props(out / "encoder.onnx")["powersam.partner"] == "decoder.onnx", "the float pair is untouched"
+    predictor = rt.load(out / "encoder.fp16.onnx", threads=1)
+    assert predictor.decoder.path == out / "decoder.fp16.onnx"

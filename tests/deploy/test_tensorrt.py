@@ -277,3 +277,19 @@ def test_encoder_engine_matches_onnx_runtime(tmp_path):
     masks_trt, _, _ = predictor.predict(box=box, multimask_output=False)
     masks_ort, _, _ = reference.predict(box=box, multimask_output=False)
     assert (masks_trt == masks_ort).mean() > 0.99
+
+
+def test_predict_and_eval_route_engines_to_tensorrt(tmp_path):
+    from powersam.deploy.predict.segment import is_onnx, load_model
+
+    assert is_onnx("model.engine") and is_onnx("model.ENGINE") and not is_onnx("model.pt")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_model(str(tmp_path / "missing.engine"))
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"not an engine")
+    with pytest.raises(FileNotFoundError, match="sidecar"):  # reached TensorRTSession, not ONNX Runtime
+        load_model(str(engine))
+    folder = tmp_path / "pair"
+    folder.mkdir()
+    (folder / "encoder.engine").write_bytes(b"")
+    assert is_onnx(folder)

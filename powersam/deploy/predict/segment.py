@@ -21,8 +21,17 @@ SegmentFn = Callable[[np.ndarray], Results]
 
 # ---------------------------------------------------------------------------------------------------- model
 def is_onnx(model: Optional[Union[str, Path]]) -> bool:
-    """An exported model: a ``.onnx`` file, or a folder with an interactive ``encoder.onnx`` + ``decoder.onnx``."""
-    return model is not None and (str(model).lower().endswith(".onnx") or (Path(model) / "encoder.onnx").is_file())
+    """An exported model: a ``.onnx`` file or TensorRT ``.engine``, or a folder with an interactive
+    ``encoder.onnx`` + ``decoder.onnx`` (or ``.engine``) pair."""
+    if model is None:
+        return False
+    name = str(model).lower()
+    return name.endswith((".onnx", ".engine")) or any((Path(model) / f"encoder{ext}").is_file()
+                                                      for ext in (".onnx", ".engine"))
+
+
+def _is_engine(path: Path) -> bool:
+    return path.suffix.lower() == ".engine" or (path / "encoder.engine").is_file()
 
 
 def load_model(
@@ -33,7 +42,8 @@ def load_model(
 ) -> Any:
     """A zoo model (PyTorch, eval mode, on ``device``; default cuda if available) or, for an exported model (see
     :func:`is_onnx`), the torch-free runtime's ``OnnxPowerSAM`` / ``OnnxSamPredictor`` (torch is never imported);
-    ``device`` then names the execution provider (``cpu`` default, ``cuda``, ``tensorrt``)."""
+    ``device`` then names the execution provider (``cpu`` default, ``cuda``, ``tensorrt``). A TensorRT ``.engine``
+    (with its ``.json`` sidecar) runs through :func:`powersam.deploy.tensorrt.load_engine`."""
     if is_onnx(model):
         if checkpoint is not None or img_size is not None:
             raise ValueError(
@@ -41,7 +51,11 @@ def load_model(
             )
         path = Path(model)
         if not path.exists():
-            raise FileNotFoundError(f"ONNX model not found: '{path}'")
+            raise FileNotFoundError(f"exported model not found: '{path}'")
+        if _is_engine(path):
+            from ..tensorrt import load_engine  # TensorRT runs on the GPU it was built for: no provider choice
+
+            return load_engine(path)
         providers = None if device is None else device.split(":")[0]  # an ONNX provider has no device index here
         return importlib.import_module("powersam.runtime").load(path, providers=providers)
     if model is None and checkpoint is None:

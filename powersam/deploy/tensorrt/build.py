@@ -201,6 +201,8 @@ def tensorrt_runner(export_fp32: ExportRunner) -> ExportRunner:
 
     def run(args: argparse.Namespace) -> list[Path]:
         require_tensorrt()  # before the export: without TensorRT or a GPU there is nothing to build
+        if getattr(args, "fp16", False) and args.no_fp16:
+            raise ValueError("--fp16 and --no-fp16 contradict each other (FP16 is the default engine precision)")
         if getattr(args, "int8", False) and args.no_fp16:
             raise ValueError("--int8 and --no-fp16: choose one (INT8 engines keep their other layers FP32 already, "
                              "and build decoder graphs FP16)")
