@@ -53,6 +53,15 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
     state = convert_mmengine_checkpoint(args.src, args.dst)
     guess = identify_checkpoint(state)
+    if guess == "slimsam" and any(key.endswith(".attn.q.weight") for key in state):
+        # A globally pruned SlimSAM: its per-block widths and attention scales live in the pickled modules, not in
+        # the tensors, so the plain state dict alone cannot be rebuilt. Write a checkpoint that carries them.
+        from .models.slimsam_files import convert_slimsam_checkpoint
+
+        convert_slimsam_checkpoint(args.src, args.dst)
+        print(f"wrote {args.dst}: globally pruned SlimSAM ({len(state)} tensors) as a slimsam_custom checkpoint "
+              f"with its per-block widths; use it as --checkpoint {args.dst}")
+        return 0
     print(f"wrote {args.dst}: {len(state)} tensors" + (f" (looks like {guess})" if guess else ""))
     return 0
 
@@ -154,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "convert",
-        help="turn an mmengine/mmdet (or EdgeSAM training) checkpoint into a plain state dict, without running its pickled code",
+        help="turn an mmengine/mmdet (or EdgeSAM training) checkpoint into a plain state dict, or a pickled SlimSAM "
+             "model into a slimsam_custom checkpoint, without running its pickled code",
     )
     p.add_argument("src", type=Path)
     p.add_argument("dst", type=Path)

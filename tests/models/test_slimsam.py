@@ -12,9 +12,10 @@ import torch
 
 from powersam.checkpoint import (convert_mmengine_checkpoint, identify_checkpoint, load_state_dict_strict,
                                  read_checkpoint, read_powersam_checkpoint)
-from powersam.models.slimsam import (PrunedAttention, build_slimsam, build_slimsam_from_state_dict,
-                                     convert_slimsam_checkpoint, fuse_split_qkv, infer_widths, read_slimsam_pickle,
-                                     read_widths_json, resolve_widths, widths_of, write_widths_json)
+from powersam.models.slimsam import (PrunedAttention, build_slimsam, build_slimsam_from_state_dict, fuse_split_qkv,
+                                     infer_widths, resolve_widths, widths_of)
+from powersam.models.slimsam_files import (convert_slimsam_checkpoint, read_slimsam_pickle, read_widths_json,
+                                           write_widths_json)
 from reference_impls import import_segment_anything
 
 IMG = 64  # 4×4 token grid: window-2 blocks and a global block stay distinguishable by their rel_pos tables
@@ -236,6 +237,15 @@ def test_pickled_slimsam_module_converts_without_its_code(kd_module, tmp_path: P
     with torch.no_grad():
         for candidate in (again, rebuilt):
             torch.testing.assert_close(candidate.image_encoder(x), expected, rtol=1e-5, atol=1e-5)
+
+    # `powersam convert` recognises the pickled SlimSAM and keeps its widths and scales
+    from powersam.cli import main
+    from powersam.models.zoo import build_model
+
+    assert main(["convert", str(pickled), str(tmp_path / "cli.pt")]) == 0
+    from_cli = build_model(checkpoint=tmp_path / "cli.pt")
+    with torch.no_grad():
+        torch.testing.assert_close(from_cli.image_encoder(x), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_encoder_only_state_dict_and_widths_of_round_trip(tmp_path: Path) -> None:
