@@ -252,14 +252,60 @@ def mosaic(
     return out.select(keep)
 
 
+def mixup(
+    sample: DetectionSample, other: DetectionSample, rng: np.random.Generator, size: int,
+    ratio_range: tuple[float, float] = (0.8, 1.6), flip_ratio: float = 0.5, pad_value: int = 114,
+    min_size: float = 2.0, min_area_ratio: float = 0.1, max_aspect_ratio: float = 20.0,
+) -> DetectionSample:
+    """Blend ``other`` half-and-half into ``sample``, as mmdet's ``MixUp`` in the YOLOX recipe.
+
+    ``other`` is fitted into a ``size``×``size`` canvas (top-left), rescaled by a jitter drawn from ``ratio_range``,
+    mirrored horizontally with probability 1 − ``flip_ratio`` (mmdet's convention), and a random window of
+    ``sample``'s size is cut from it; its boxes follow and are kept unless the cut leaves a side ≤ ``min_size``, less
+    than ``min_area_ratio`` of the box, or an aspect ratio ≥ ``max_aspect_ratio``. ``other`` without boxes leaves
+    ``sample`` unchanged. The result has no masks (the box-prompt generator trains on boxes).
+    """
+    cv2 = _cv2()
+    if len(other.boxes) == 0:
+        return sample
+    jitter = rng.uniform(*ratio_range)
+    flip = rng.uniform(0, 1) > flip_ratio
+    other_h, other_w = other.image.shape[:2]
+    scale = min(size / other_h, size / other_w)
+    canvas = np.full((size, size, 3), pad_value, dtype=np.uint8)
+    fit_h, fit_w = max(1, int(other_h * scale)), max(1, int(other_w * scale))
+    canvas[:fit_h, :fit_w] = cv2.resize(other.image, (fit_w, fit_h), interpolation=cv2.INTER_LINEAR)
+    scale *= jitter
+    canvas = cv2.resize(canvas, (max(1, int(size * jitter)), max(1, int(size * jitter))), interpolation=cv2.INTER_LINEAR)
+    canvas_h, canvas_w = canvas.shape[:2]
+    boxes = np.clip(other.boxes * np.float32(scale), 0, [canvas_w, canvas_h, canvas_w, canvas_h]).astype(np.float32)
+    if flip:
+        canvas = canvas[:, ::-1]
+        boxes = np.stack([canvas_w - boxes[:, 2], boxes[:, 1], canvas_w - boxes[:, 0], boxes[:, 3]], axis=1)
+    target_h, target_w = sample.image.shape[:2]
+    padded = np.full((max(canvas_h, target_h), max(canvas_w, target_w), 3), pad_value, dtype=np.uint8)
+    padded[:canvas_h, :canvas_w] = canvas
+    y_offset = int(rng.integers(0, padded.shape[0] - target_h)) if padded.shape[0] > target_h else 0
+    x_offset = int(rng.integers(0, padded.shape[1] - target_w)) if padded.shape[1] > target_w else 0
+    window = padded[y_offset : y_offset + target_h, x_offset : x_offset + target_w]
+    reference_area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    cut = np.clip(boxes - np.array([x_offset, y_offset] * 2, dtype=np.float32), 0,
+                  [target_w, target_h, target_w, target_h]).astype(np.float32)
+    keep = _box_filter(cut, reference_area, min_size, min_area_ratio, max_aspect_ratio)
+    image = (0.5 * sample.image.astype(np.float32) + 0.5 * window.astype(np.float32)).round().astype(np.uint8)
+    return DetectionSample(image, np.concatenate([sample.boxes, cut[keep]]).astype(np.float32),
+                           np.concatenate([sample.labels, other.labels[keep]]).astype(np.int64))
+
+
 class DetectionAugment:
-    """The BBPG training pipeline: [mosaic] → random affine → HSV jitter → horizontal flip → resize long side
-    to ``size`` [→ pad] → drop boxes smaller than ``min_box_size``.
+    """The BBPG training pipeline: [mosaic] → random affine → [MixUp] → HSV jitter → horizontal flip → resize
+    long side to ``size`` [→ pad] → drop boxes smaller than ``min_box_size``.
 
     Args:
         size: output long side (the model's input size, 1024 for PowerSAM).
         mosaic: build each sample from 4 images (the caller passes :attr:`num_extra_samples` more to ``__call__``);
             the affine then crops the 2·size canvas back to size×size.
+        mixup: blend in one more image (:func:`mixup`, jitter ``mixup_ratio``); it is the last extra sample.
         scale: affine scale range; default (0.1, 2.0) with mosaic (the reference) and (0.5, 1.5) without.
         rotate, translate, shear: affine ranges (±degrees, ±fraction of the output size, ±degrees).
         hue, saturation, value: :func:`hsv_jitter` ranges. flip_prob: probability of a horizontal flip.
@@ -268,14 +314,14 @@ class DetectionAugment:
         border_value: fill of areas the affine/mosaic uncovers.
         min_box_size: boxes with a side smaller than this (pixels, after resizing) are dropped.
 
-    Set :attr:`strong` to False for the last epochs (YOLOX turns mosaic and affine off for the final 15).
+    Set :attr:`strong` to False for the last epochs (YOLOX turns mosaic, affine and MixUp off for the final 15).
     """
 
     def __init__(
         self, size: int = 1024, mosaic: bool = False, scale: Optional[tuple[float, float]] = None,
         rotate: float = 10.0, translate: float = 0.1, shear: float = 2.0, hue: float = 5, saturation: float = 30,
         value: float = 30, flip_prob: float = 0.5, pad_value: Optional[int] = None, border_value: int = 114,
-        min_box_size: float = 1.0,
+        min_box_size: float = 1.0, mixup: bool = False, mixup_ratio: tuple[float, float] = (0.8, 1.6),
     ) -> None:
         if int(size) <= 0:
             raise ValueError(f"size must be a positive integer; got {size}")
@@ -287,23 +333,27 @@ class DetectionAugment:
         self.hue, self.saturation, self.value = hue, saturation, value
         self.flip_prob, self.pad_value, self.border_value = flip_prob, pad_value, border_value
         self.min_box_size = min_box_size
+        self.mixup = bool(mixup)
+        self.mixup_ratio = tuple(mixup_ratio)
+        if len(self.mixup_ratio) != 2 or not 0 < self.mixup_ratio[0] <= self.mixup_ratio[1]:
+            raise ValueError(f"mixup_ratio must be a (low, high) range with 0 < low <= high; got {mixup_ratio}")
         self.strong = True
 
     @property
     def num_extra_samples(self) -> int:
-        """How many more samples ``__call__`` needs (3 while mosaic is on, else 0)."""
-        return 3 if self.mosaic and self.strong else 0
+        """How many more samples ``__call__`` needs (while :attr:`strong`: 3 for mosaic, then 1 for MixUp)."""
+        return (3 * self.mosaic + self.mixup) if self.strong else 0
 
     def __call__(self, sample, rng: np.random.Generator, extra_samples: Sequence = ()) -> DetectionSample:
         """Augment ``sample`` (anything with ``image``/``boxes``/``labels``/``masks``) → :class:`DetectionSample`."""
         if not isinstance(rng, np.random.Generator):
             raise TypeError(f"rng must be a numpy.random.Generator; got {type(rng).__name__}")
         if len(extra_samples) != self.num_extra_samples:
-            raise ValueError(f"expected {self.num_extra_samples} extra samples for mosaic; got {len(extra_samples)}")
+            raise ValueError(f"expected {self.num_extra_samples} extra samples (mosaic, MixUp); got {len(extra_samples)}")
         out = DetectionSample.from_any(sample)
         if self.strong:
-            if self.num_extra_samples:
-                parts = [out] + [DetectionSample.from_any(s) for s in extra_samples]
+            if self.mosaic:
+                parts = [out] + [DetectionSample.from_any(s) for s in extra_samples[:3]]
                 if any(p.masks is None for p in parts):  # mosaic keeps masks only if every part has them
                     parts = [DetectionSample(p.image, p.boxes, p.labels) for p in parts]
                 out = mosaic(parts, self.size, rng, pad_value=self.border_value)
@@ -314,6 +364,9 @@ class DetectionAugment:
             out = random_affine(
                 out, rng, self.scale, self.rotate, self.translate, self.shear, output_size, self.border_value
             )
+            if self.mixup:
+                out = mixup(out, DetectionSample.from_any(extra_samples[-1]), rng, self.size, self.mixup_ratio,
+                            pad_value=self.border_value)
         out = DetectionSample(hsv_jitter(out.image, rng, self.hue, self.saturation, self.value), out.boxes, out.labels, out.masks)
         out = horizontal_flip(out, rng, self.flip_prob)
         out = letterbox(out, self.size, self.pad_value)

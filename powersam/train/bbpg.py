@@ -3,10 +3,10 @@
 Recipe (spec §4.3–4.4, paper §3.3 / §4.2.2): SGD (Nesterov, momentum 0.9, lr 0.01, weight decay 5e-4 on conv
 weights only), quadratic warmup for 5 epochs, cosine towards 5 % of the base LR until the last 15 epochs, then
 constant; an EMA of the weights with exponential momentum warmup; YOLOX augmentations (mosaic, random affine,
-HSV, flip) switched off for the last 15 epochs, when the L1 box loss is switched on. Differences from the
+MixUp, HSV, flip) switched off for the last 15 epochs, when the L1 box loss is switched on. Differences from the
 reference, on purpose (spec §9.8): images are RGB and preprocessed exactly as the SAM encoder's input (Pillow
 resize-longest-side, normalise, zero pad), so the head is trained on the features it gets at inference; MixUp is
-not implemented.
+off unless ``mixup: true`` (configs/paper/stage3_bbpg.yaml turns it on, as the reference does).
 
 Only ``box_generator`` is trained. The encoder runs ``forward_stages`` (no SAM fuse neck) under ``no_grad`` in
 eval mode, so its weights and BatchNorm statistics stay bit-identical. The final checkpoint is the whole
@@ -76,6 +76,8 @@ class BBPGConfig:
     ema_gamma: float = 2000.0
     augment: bool = True  # False: resize only, every epoch (then cache_features may be used)
     mosaic: bool = True
+    mixup: bool = False  # YOLOX MixUp after the affine (the reference has it; off by default for small data)
+    mixup_ratio: tuple[float, float] = (0.8, 1.6)  # MixUp's scale jitter of the blended-in image
     scale: Optional[tuple[float, float]] = None  # affine scale range; default (0.1, 2) with mosaic, else (0.5, 1.5)
     rotate: float = 10.0
     translate: float = 0.1
@@ -260,7 +262,7 @@ class BBPGTrainer(Trainer):
 def set_epoch_mode(epoch: int, epochs: int, no_aug_epochs: int, dataset: BBPGDataset,
                    augment: Optional[DetectionAugment], loss_fn: YOLOXLoss) -> None:
     """Per-epoch state, a pure function of ``epoch`` (so a resumed run gets it right): the dataset's augmentation
-    draws, and the YOLOX mode switch — in the last ``no_aug_epochs`` epochs mosaic and the random affine are off
+    draws, and the YOLOX mode switch — in the last ``no_aug_epochs`` epochs mosaic, the random affine and MixUp are off
     (``augment.strong = False``; HSV and flip stay, as in mmdet) and the L1 box loss is on.
 
     mmdet's ``YOLOXModeSwitchHook`` (and Megvii's YOLOX) switch one epoch earlier, at ``epoch + 1 == epochs −
@@ -279,7 +281,7 @@ def _make_augment(cfg: BBPGConfig, img_size: int) -> Optional[DetectionAugment]:
     return DetectionAugment(
         size=img_size, mosaic=cfg.mosaic, scale=cfg.scale, rotate=cfg.rotate, translate=cfg.translate,
         shear=cfg.shear, hue=cfg.hue, saturation=cfg.saturation, value=cfg.value, flip_prob=cfg.flip_prob,
-        border_value=cfg.border_value, min_box_size=cfg.min_box_size,
+        border_value=cfg.border_value, min_box_size=cfg.min_box_size, mixup=cfg.mixup, mixup_ratio=cfg.mixup_ratio,
     )
 
 

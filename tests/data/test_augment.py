@@ -13,6 +13,7 @@ from powersam.data.augment import (
     hsv_jitter,
     letterbox,
     masks_to_boxes,
+    mixup,
     mosaic,
     random_affine,
 )
@@ -126,6 +127,46 @@ def test_mosaic_places_four_samples() -> None:
         mosaic(parts[:3], 32, np.random.default_rng(0))
 
 
+def _plain(image: np.ndarray, rects=(), labels=()) -> DetectionSample:
+    return DetectionSample(image, np.array(rects, dtype=np.float32).reshape(-1, 4), np.array(labels, dtype=np.int64))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_mixup_blends_half_and_its_boxes_follow_the_pixels(seed) -> None:
+    black = _plain(np.zeros((100, 120, 3), np.uint8), [(10, 10, 30, 40)], [1])
+    white = _plain(np.full((50, 50, 3), 255, np.uint8), [(0, 0, 50, 50)], [3])  # one box: the whole image
+    out = mixup(black, white, np.random.default_rng(seed), size=100, pad_value=114)
+    assert out.image.shape == black.image.shape and out.masks is None
+    assert set(np.unique(out.image)) <= {57, 128}, "every pixel is half the black image, half white or padding"
+    np.testing.assert_array_equal(out.boxes[0], black.boxes[0])  # the sample's own instances stay first
+    assert out.labels.tolist() == [1, 3]
+    rows, cols = np.nonzero(out.image[..., 0] == 128)
+    np.testing.assert_allclose(out.boxes[1], [cols.min(), rows.min(), cols.max() + 1, rows.max() + 1], atol=1.0)
+
+
+def test_mixup_without_boxes_to_add_leaves_the_sample() -> None:
+    sample = _sample()
+    assert mixup(sample, _plain(np.zeros((20, 20, 3), np.uint8)), np.random.default_rng(0), 32) is sample
+
+
+
+def test_mixup_drops_boxes_the_window_cuts_off() -> None:
+    small = _plain(np.zeros((16, 16, 3), np.uint8))
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[32:, 32:] = 255
+    quadrant = _plain(image, [(32, 32, 64, 64)], [5])  # the window sees it only now and then
+    kept = 0
+    for seed in range(30):
+        out = mixup(small, quadrant, np.random.default_rng(seed), 64)
+        if len(out.boxes):
+            kept += 1
+            assert out.labels.tolist() == [5]
+            rows, cols = np.nonzero(out.image[..., 0] == 128)
+            np.testing.assert_allclose(out.boxes[0], [cols.min(), rows.min(), cols.max() + 1, rows.max() + 1],
+                                       atol=1.0)
+    assert 0 < kept < 30
+
+
 def test_detection_augment_pipeline() -> None:
     s = _sample()
     aug = DetectionAugment(size=32, rotate=0.0, shear=0.0)
@@ -151,6 +192,14 @@ def test_detection_augment_pipeline() -> None:
     assert out.image.shape[:2] == (32, 32) and out.masks is None  # one part without masks: boxes only
     with pytest.raises(ValueError, match="extra samples"):
         mos(s, np.random.default_rng(0))
+    mix = DetectionAugment(size=32, mosaic=True, mixup=True)
+    assert mix.num_extra_samples == 4
+    mixed = mix(s, np.random.default_rng(0), [_sample(), _sample(), _sample(), _sample(labels=[7, 7])])
+    assert mixed.image.shape[:2] == (32, 32) and 7 in mixed.labels.tolist(), "the last extra sample is blended in"
+    mix.strong = False
+    assert mix.num_extra_samples == 0
+    with pytest.raises(ValueError, match="mixup_ratio"):
+        DetectionAugment(size=32, mixup=True, mixup_ratio=(1.6, 0.8))
     with pytest.raises(TypeError, match="Generator"):
         aug(s, 0)
     empty = aug(_sample(rects=()), np.random.default_rng(0))

@@ -83,7 +83,7 @@ def test_end_to_end_checkpoint_frozen_backbone(synth, stage2_checkpoint, tmp_pat
         return model
 
     monkeypatch.setattr(bbpg_module, "load_backbone_model", recording)
-    cfg = _cfg(synth, tmp_path, backbone_checkpoint=stage2_checkpoint, mosaic=True)
+    cfg = _cfg(synth, tmp_path, backbone_checkpoint=stage2_checkpoint, mosaic=True, mixup=True)
     final = train_bbpg(cfg)
 
     model = build_model(checkpoint=final)
@@ -128,14 +128,14 @@ def test_mode_switch_and_learning_rate(synth, tmp_path) -> None:
 
 
 def test_epoch_mode_switch_flags(synth) -> None:
-    augment = DetectionAugment(SIZE, mosaic=True)
+    augment = DetectionAugment(SIZE, mosaic=True, mixup=True)
     dataset = BBPGDataset(CocoInstances(synth, load_masks=False), SIZE, augment)
     loss_fn = bbpg_module.YOLOXLoss(10)
     seen = []
     for epoch in range(6):
         bbpg_module.set_epoch_mode(epoch, epochs=6, no_aug_epochs=2, dataset=dataset, augment=augment, loss_fn=loss_fn)
         seen.append((dataset.epoch, augment.strong, augment.num_extra_samples, loss_fn.use_l1))
-    assert seen == [(0, True, 3, False), (1, True, 3, False), (2, True, 3, False), (3, True, 3, False),
+    assert seen == [(0, True, 4, False), (1, True, 4, False), (2, True, 4, False), (3, True, 4, False),
                     (4, False, 0, True), (5, False, 0, True)]
 
 
@@ -265,3 +265,4 @@ def test_paper_config_loads() -> None:
     assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.momentum, cfg.weight_decay) == (300, 8, 0.01, 0.9, 5e-4)
     assert (cfg.warmup_epochs, cfg.no_aug_epochs, cfg.min_lr_ratio, cfg.img_size) == (5, 15, 0.05, 1024)
     assert cfg.nesterov and cfg.ema and cfg.mosaic and cfg.augment and cfg.scale == (0.1, 2.0)
+    assert cfg.mixup and cfg.mixup_ratio == (0.8, 1.6)
