@@ -31,3 +31,37 @@ def shared_data() -> Path:
 def _seed_everything():
     torch.manual_seed(0)
     yield
+
+
+# A tiny end-to-end pipeline run: synthetic data, 64-px models, one short epoch per stage (about 10 s).
+TINY_PIPELINE = [
+    "img_size=64",
+    "synth.num_images=10",
+    "synth.height=64",
+    "synth.width=80",
+    "synth.max_objects=3",
+    "teacher.epochs=1",
+    "teacher.batch_size=4",
+    "stage1.epochs=1",
+    "stage1.batch_size=4",
+    "stage2.epochs=1",
+    "stage2.batch_size=4",
+    "stage3.epochs=1",
+    "stage3.batch_size=4",
+    "stage3.warmup_epochs=0",
+    "stage3.no_aug_epochs=0",
+    "eval.max_images=2",
+    "eval.overlays=1",
+    "eval.export_onnx=false",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_run(tmp_path_factory):
+    """``(run folder, config, metrics)`` of the tiny pipeline run; ``folder / "powersam_s.pt"`` is a trained model."""
+    from powersam.train.config import apply_overrides
+    from powersam.train.pipeline import demo_config, run_pipeline
+
+    out = tmp_path_factory.mktemp("pipeline")
+    cfg = apply_overrides(demo_config(out), TINY_PIPELINE)
+    return out, cfg, run_pipeline(cfg)

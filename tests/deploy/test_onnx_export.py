@@ -73,7 +73,7 @@ def image():
 
 
 def preprocess(model, image):
-    return preprocess_image(image, IMG_SIZE, model.pixel_mean.flatten().tolist(), model.pixel_std.flatten().tolist())
+    return preprocess_image(image, model.img_size, model.pixel_mean.flatten().tolist(), model.pixel_std.flatten().tolist())
 
 
 def run_integrated(sess, x, input_size, conf, iou, max_det):
@@ -98,10 +98,13 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     ids=["default", "all-candidates", "iou0", "iou1-capped"],
 )
 def test_integrated_graph_matches_pytorch(model, exported, image, conf, iou, max_det):
-    """Same preprocessed input → same embedding, same detections in the same order, same masks."""
-    sess = session(exported["integrated"])
+    assert_integrated_parity(model, exported["integrated"], image, conf, iou, max_det)
+
+
+def assert_integrated_parity(model, graph, image, conf, iou, max_det) -> int:
+    """Same preprocessed input → same embedding, same detections in the same order, same masks; returns the count."""
     x, input_size = preprocess(model, image)
-    out = run_integrated(sess, x, input_size, conf, iou, max_det)
+    out = run_integrated(session(graph), x, input_size, conf, iou, max_det)
     with torch.no_grad():
         dets, embedding, ref_input_size = model._detect_and_embed(image, conf, iou, max_det)
         ref_logits, _ = model.segment_boxes(embedding, dets["boxes"])
@@ -111,16 +114,39 @@ def test_integrated_graph_matches_pytorch(model, exported, image, conf, iou, max
     assert np.abs(out["image_embeddings"] - ref_embedding).max() <= 1e-4 * np.abs(ref_embedding).max()
     n = dets["boxes"].shape[0]
     assert 0 < n <= max_det
-    # Ties closer than float rounding could legitimately swap places; the fixture model has none.
+    # Ties closer than float rounding could legitimately swap places; the models here have none.
     assert np.all(-np.diff(dets["scores"].numpy()) > 1e-6)
     assert out["boxes"].shape == (n, 4) and out["labels"].dtype == np.int64
     np.testing.assert_array_equal(out["labels"], dets["labels"].numpy())
     np.testing.assert_allclose(out["boxes"], dets["boxes"].numpy(), rtol=0, atol=1e-3)
     np.testing.assert_allclose(out["scores"], dets["scores"].numpy(), rtol=0, atol=1e-5)
     assert out["boxes"][:, [1, 3]].max() <= input_size[0], "boxes are clamped to the resized image"
-    assert out["mask_logits"].shape == (n, 1, IMG_SIZE // 4, IMG_SIZE // 4)
+    assert out["mask_logits"].shape == (n, 1, model.img_size // 4, model.img_size // 4)
     ref_masks = ref_logits.numpy() > 0
     assert min(mask_iou(a, b) for a, b in zip(out["mask_logits"] > 0, ref_masks)) >= 0.99
+    return n
+
+
+def test_trained_tiny_model_matches_pytorch(tiny_pipeline_run, tmp_path):
+    """The same checks on weights that training moved (the tiny pipeline run's student, detector included)."""
+    import powersam.runtime as rt
+    from powersam.data.coco import CocoInstances
+
+    run_dir, _, _ = tiny_pipeline_run
+    trained = build_model(checkpoint=run_dir / "powersam_s.pt").eval()
+    data = CocoInstances(run_dir / "data", split=None)
+    integrated = export_onnx(trained, tmp_path / "trained.onnx")[0]
+    encoder, _ = export_onnx(trained, tmp_path / "pair", interactive=True)
+    onnx_predictor, torch_predictor = rt.load(encoder, threads=1), SamPredictor(trained)
+    for index in range(2):
+        sample = data[index]
+        assert assert_integrated_parity(trained, integrated, sample.image, 0.0, 0.65, 5) == 5  # no near-ties
+        onnx_predictor.set_image(sample.image)
+        torch_predictor.set_image(sample.image)
+        got = onnx_predictor.predict_batch(boxes=sample.boxes, multimask_output=False)
+        want = torch_predictor.predict_batch(boxes=sample.boxes, multimask_output=False)
+        np.testing.assert_allclose(got[1], want[1], rtol=0, atol=1e-4)
+        assert min(mask_iou(a, b) for a, b in zip(got[0][:, 0], want[0][:, 0])) >= 0.99
 
 
 @pytest.mark.parametrize("conf, max_det", [(0.999, 50), (0.3, 0)], ids=["nothing-scores", "max_det-0"])
