@@ -28,18 +28,22 @@ def setup(tmp_path_factory):
     return root, integrated, encoder
 
 
-def run(add_arguments, runner, argv: list[str], out) -> dict:
-    args = add_arguments(argparse.ArgumentParser()).parse_args([*argv, "--no-progress", "--json", str(out)])
-    assert runner(args) == 0
-    return json.loads(out.read_text())
+def torch_and_export_reports(add_arguments, runner, export, common: list[str], folder) -> tuple[dict, dict]:
+    """The JSON reports of one eval command for the PyTorch model and for its export."""
+    reports = []
+    for name, model in (("torch", ["powersam_s", "--img-size", str(SIZE), "--device", "cpu"]), ("export", [str(export)])):
+        out = folder / f"{name}.json"
+        args = add_arguments(argparse.ArgumentParser()).parse_args(
+            ["--model", *model, *common, "--no-progress", "--json", str(out)])
+        assert runner(args) == 0
+        reports.append(json.loads(out.read_text()))
+    return reports[0], reports[1]
 
 
 def test_det_on_an_integrated_export_matches_pytorch(setup, tmp_path):
     root, integrated, _ = setup
     common = ["--data", str(root), "--split", "all", "--max-det", "5", "--conf", "0.0"]
-    torch_report = run(add_det_arguments, run_det, ["--model", "powersam_s", "--img-size", str(SIZE), "--device",
-                                                    "cpu", *common], tmp_path / "torch.json")
-    onnx_report = run(add_det_arguments, run_det, ["--model", str(integrated), *common], tmp_path / "onnx.json")
+    torch_report, onnx_report = torch_and_export_reports(add_det_arguments, run_det, integrated, common, tmp_path)
     assert onnx_report["num_detections"] == torch_report["num_detections"] == 15
     for kind in ("bbox", "segm"):
         assert onnx_report[kind]["AP50"] == pytest.approx(torch_report[kind]["AP50"], abs=0.02)
@@ -48,9 +52,7 @@ def test_det_on_an_integrated_export_matches_pytorch(setup, tmp_path):
 def test_miou_on_an_interactive_export_matches_pytorch(setup, tmp_path):
     root, _, encoder = setup
     common = ["--data", str(root), "--split", "all", "--prompts", "box", "--refine", "1"]
-    torch_report = run(add_miou_arguments, run_miou, ["--model", "powersam_s", "--img-size", str(SIZE), "--device",
-                                                      "cpu", *common], tmp_path / "torch.json")
-    onnx_report = run(add_miou_arguments, run_miou, ["--model", str(encoder), *common], tmp_path / "onnx.json")
+    torch_report, onnx_report = torch_and_export_reports(add_miou_arguments, run_miou, encoder, common, tmp_path)
     assert onnx_report["num_instances"] == torch_report["num_instances"] > 0
     for step, value in torch_report["miou"].items():
         assert onnx_report["miou"][step] == pytest.approx(value, abs=0.5), step

@@ -1,23 +1,13 @@
 """scripts/box_as_mask_miou.py: the README's reference row for prompted mIoU."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from powersam.data.coco import CocoInstances
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "box_as_mask_miou.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("box_as_mask_miou", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from script_loader import load_script
 
 
 def test_rectangle_scores_one_and_triangle_one_half(tmp_path):
@@ -35,7 +25,7 @@ def test_rectangle_scores_one_and_triangle_one_half(tmp_path):
         ],
     }
     (tmp_path / "annotations.json").write_text(json.dumps(coco))
-    ious = load_script().box_as_mask_ious(CocoInstances(tmp_path))
+    ious = load_script("box_as_mask_miou").box_as_mask_ious(CocoInstances(tmp_path))
     assert ious.shape == (2,)
     assert ious[0] > 0.99
     assert 0.45 < ious[1] < 0.6  # rasterised triangle: about half the box

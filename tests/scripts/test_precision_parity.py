@@ -1,10 +1,8 @@
 """scripts/precision_parity.py: pairing of detections across precisions, and one end-to-end run."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,15 +13,7 @@ from powersam.data.synth import generate_dataset
 from powersam.deploy.onnx_export import export_onnx
 from powersam.models.zoo import build_model
 from powersam.results import Results
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "precision_parity.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("precision_parity", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from script_loader import load_script
 
 
 def results(boxes, labels, scores) -> Results:
@@ -35,7 +25,7 @@ def results(boxes, labels, scores) -> Results:
 
 
 def test_pairs_by_class_then_nearest_box():
-    script = load_script()
+    script = load_script("precision_parity")
     reference = results([[0, 0, 10, 10], [5, 5, 15, 15], [0, 0, 4, 4]], [0, 0, 1], [0.9, 0.8, 0.7])
     # swapped order, one box moved by 2 px, the class-1 detection lost
     other = results([[5, 5, 15, 17], [0, 0, 10, 10]], [0, 0], [0.79, 0.9])
@@ -55,7 +45,7 @@ def test_end_to_end(tmp_path, monkeypatch, capsys):
     out = tmp_path / "report.json"
     monkeypatch.setattr(sys, "argv", ["precision_parity.py", str(graph), "--data", str(root), "--split", "all",
                                       "--num-calib", "2", "--conf", "0.0", "--out", str(out)])
-    load_script().main()
+    load_script("precision_parity").main()
     report = json.loads(out.read_text())
     assert set(report) >= {"fp32", "fp16", "int8_onnxruntime", "int8_tensorrt"}
     assert "agreement_with_fp32" not in report["fp32"]
