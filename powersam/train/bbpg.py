@@ -23,7 +23,7 @@ import logging
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 from .. import checkpoint as ckpt_io
 from ..data.augment import DetectionAugment
 from .bbpg_data import BBPGDataset, BoxDetector, collate_bbpg, label_mapping, normalize_batch
+from .bbpg_eval import BoxAPValidator, recompute_bn_statistics
 from .config import add_stage_arguments, config_from_args, config_to_dict, dump_config
 from .distributed import (ShardSampler, barrier, cleanup, init_distributed, is_main, move_to_device, unwrap_model,
                           wrap_ddp)
@@ -334,7 +335,7 @@ def train_bbpg(cfg: BBPGConfig, resume: bool = False) -> Path:
     schedule = build_bbpg_schedule(cfg, len(loader))
     head = unwrap_model(trainable).bbox_head
     loss_fn = YOLOXLoss(len(class_names), strides=head.strides)
-    evaluator = _Evaluator(cfg, val_source, encoder, class_names, model) if val_source is not None else None
+    evaluator = BoxAPValidator(cfg, val_source, encoder, class_names, model) if val_source is not None else None
 
     def on_epoch_start(trainer: Trainer, epoch: int) -> None:
         set_epoch_mode(epoch, cfg.epochs, cfg.no_aug_epochs, dataset, augment, loss_fn)
@@ -376,60 +377,6 @@ def train_bbpg(cfg: BBPGConfig, resume: bool = False) -> Path:
         logger.info("wrote %s", final)
     barrier()  # other ranks return once the file exists
     return final
-
-
-def recompute_bn_statistics(module: nn.Module, feature_batches: Iterable[Sequence[torch.Tensor]]) -> int:
-    """Replace the BatchNorm running statistics of ``module`` by their plain average over ``feature_batches``
-    (detectron2's "precise BN"); returns the number of batches used.
-
-    Not in the reference recipe. It matters for short runs: with BN momentum 0.03 the running statistics lag the
-    batch statistics for hundreds of iterations, by orders of magnitude when the backbone's features are far
-    from unit scale (a random or briefly distilled RepViT), so eval-mode outputs collapse.
-    """
-    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [norm.momentum for norm in norms]
-    was_training = module.training
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None  # cumulative moving average = the plain mean over the batches
-    module.train()
-    count = 0
-    try:
-        with torch.no_grad():
-            for features in feature_batches:
-                module(features)
-                count += 1
-    finally:
-        for norm, momentum in zip(norms, momenta):
-            norm.momentum = momentum
-        module.train(was_training)
-    if count == 0:
-        raise ValueError("recompute_bn_statistics got no batches")
-    return count
-
-
-class _Evaluator:
-    """COCO box AP of the encoder + a given box generator on the validation split (rank 0)."""
-
-    def __init__(self, cfg: BBPGConfig, dataset: Any, encoder: nn.Module, class_names: list[str], model: nn.Module):
-        self.cfg, self.dataset = cfg, dataset
-        self.encoder, self.class_names, self.model = encoder, class_names, model
-        if set(dataset.class_names) != set(class_names):
-            logger.warning("class_names differ from the validation set's classes: validation is skipped")
-            self.dataset = None
-
-    def __call__(self, box_generator: nn.Module) -> dict[str, Optional[float]]:
-        if self.dataset is None:
-            return {}
-        detector = BoxDetector(self.encoder, box_generator, self.class_names, int(self.model.img_size),
-                               self.model.pixel_mean, self.model.pixel_std)
-        from ..eval.detection import evaluate_detection
-
-        result = evaluate_detection(detector, self.dataset, max_images=self.cfg.eval_max_images,
-                                    progress=self.cfg.progress)
-        scores = dict(result["bbox"])
-        logger.info("validation: %s", ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if v is not None))
-        return scores
 
 
 # ------------------------------------------------------------------------------------------ CLI
