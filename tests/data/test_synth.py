@@ -13,7 +13,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from powersam.data import synth
+from powersam.data import synth, synth_scene
 from powersam.data.synth import SYNTH_CLASSES, add_synth_arguments, generate_dataset, render_scene, run_synth
 from powersam.data.synth_shapes import CLUTTER, DRAWERS, EMPTY, Sprite
 
@@ -107,7 +107,7 @@ def test_masks_are_exactly_the_visible_pixels_of_each_instance(monkeypatch: pyte
     labelled-class owner may remain unlabelled (dropped instances are repainted away)."""
     background_rgb = np.array([3, 251, 7], np.uint8)
     calls = iter(range(1, 10_000))
-    real_shade, real_make_layer = synth.shade, synth._make_layer
+    real_shade, real_make_layer = synth_scene.shade, synth_scene._make_layer
 
     def coded_shade(ids, tables, *args):
         _, owner = real_shade(ids, tables, *args)
@@ -116,7 +116,7 @@ def test_masks_are_exactly_the_visible_pixels_of_each_instance(monkeypatch: pyte
         rgb[:, owner == EMPTY] = 0.0
         return rgb, owner
 
-    monkeypatch.setattr(synth, "shade", coded_shade)
+    monkeypatch.setattr(synth_scene, "shade", coded_shade)
     created = []
 
     def hazeless_layer(rng, scene, *args):
@@ -124,10 +124,10 @@ def test_masks_are_exactly_the_visible_pixels_of_each_instance(monkeypatch: pyte
         created.append(len(layer.classes))
         return layer
 
-    monkeypatch.setattr(synth, "_make_layer", hazeless_layer)
-    monkeypatch.setattr(synth, "_background", lambda rng, scene, overcast: np.broadcast_to(
+    monkeypatch.setattr(synth_scene, "_make_layer", hazeless_layer)
+    monkeypatch.setattr(synth_scene, "_background", lambda rng, scene, overcast: np.broadcast_to(
         background_rgb.astype(np.float32).reshape(3, 1, 1), (3, scene.height, scene.width)).copy())
-    monkeypatch.setattr(synth, "_postprocess", lambda rng, image: image.astype(np.uint8).transpose(1, 2, 0))
+    monkeypatch.setattr(synth_scene, "_postprocess", lambda rng, image: image.astype(np.uint8).transpose(1, 2, 0))
     dropped = 0
     for seed in range(40):  # crowded small scenes, so that some instances get hidden and dropped
         created.clear()
