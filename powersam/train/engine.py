@@ -24,11 +24,8 @@ from __future__ import annotations
 
 import logging
 import math
-import signal
 import sys
-import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Union
 
@@ -40,6 +37,7 @@ from .distributed import move_to_device, set_loader_epoch, unwrap_model
 from .ema import ModelEMA
 from .metrics import MetricsLogger, plot_curves
 from .schedule import set_lr
+from .signals import StopRequests
 from .state import capture_rng_state, load_training_state, restore_rng_state, save_training_state, seed_everything
 
 logger = logging.getLogger("powersam.train")
@@ -144,7 +142,7 @@ class Trainer:
         self.epoch = 0
         self.iter_in_epoch = 0
         self.global_step = 0
-        self._stop_requested = False
+        self._stop = StopRequests()
         self._updating = False
         self._rng_after_commit: Optional[dict] = None
         self._epoch_start_rng: Optional[dict] = None
@@ -196,7 +194,7 @@ class Trainer:
             logger.warning("the LR schedule covers %d steps but the run has %d", total, self.max_epochs * iters)
 
         path = self.checkpoint_path if resume is True else (Path(resume) if resume else None)
-        self._stop_requested = self._updating = False
+        self._stop.requested = self._updating = False
         self._window, self._window_start = {"sums": {}, "count": 0}, time.perf_counter()
         if path is not None and (resume is not True or path.is_file()):
             self.load_state(path)
@@ -207,7 +205,7 @@ class Trainer:
             seed_everything(self.seed + self.dist.rank)
             self.metrics.truncate_after(-1)
         self._rng_after_commit = capture_rng_state()
-        with self._signal_guard():
+        with self._stop.installed():
             try:
                 self._run(train_loader, iters)
             except TrainingInterrupted:
@@ -293,7 +291,7 @@ class Trainer:
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             raise TypeError("the step function's 'loss' must be a one-element tensor")
         scalars = {"loss": float(loss.detach())}
-        nonfinite, stop = not math.isfinite(scalars["loss"]), self._stop_requested
+        nonfinite, stop = not math.isfinite(scalars["loss"]), self._stop.requested
         if self.dist.distributed:  # every rank must take the same branch, or the others hang in all-reduce
             flags = pdist.all_reduce_max(torch.tensor([float(nonfinite), float(stop)], device=self.device))
             nonfinite, stop = bool(flags[0] > 0), bool(flags[1] > 0)
@@ -367,29 +365,6 @@ class Trainer:
                 plot_curves(self.metrics.path, self.curves_path)
         except Exception as error:  # a plotting problem must never cost a training run
             logger.warning("could not plot %s: %s", self.curves_path, error)
-
-    @contextmanager
-    def _signal_guard(self):
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def request_stop(signum, frame):
-            if signum == signal.SIGINT and self._stop_requested:
-                raise KeyboardInterrupt
-            self._stop_requested = True
-            # no logging here: a handler may interrupt the logging module while it holds its lock
-            sys.stderr.write(f"\n{signal.Signals(signum).name}: finishing this iteration, saving, then stopping "
-                             "(Ctrl-C again to abort now)\n")
-
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-        for sig in previous:
-            signal.signal(sig, request_stop)
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
 
     # ------------------------------------------------------------------ state
     def save_state(self, collective: bool = True) -> Optional[Path]:
