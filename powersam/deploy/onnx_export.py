@@ -112,6 +112,12 @@ def export_onnx(
         raise ValueError(f"opset must be at least {MIN_OPSET}, got {opset}")
     model = _resolve_model(model_or_name, checkpoint, img_size)
     name = getattr(model, "model_name", type(model).__name__)
+    if hasattr(model.image_encoder, "forward_with_high_res"):
+        # Not a tracing limit: a SAM 2 pair needs another graph interface and runtime (its decoder also takes the
+        # encoder's stride-4/8 features, its box corners come before the clicks with a padding point always, its
+        # images are squashed to S×S, and a single-mask request falls back to the most stable multimask output).
+        raise ValueError(f"{name}: SAM 2 models have no ONNX export here yet (their decoder needs the encoder's "
+                         "high-resolution features and SAM 2's own prompt and resize conventions); run them in PyTorch")
     mode = upsample_mode if upsample_mode is not None else encoder_upsample_mode(model.image_encoder)
     common = dict(
         model_name=name,

@@ -180,6 +180,16 @@ def test_onnx_runtime_decodes_the_same_number_of_boxes(tmp_path):
     assert onnx_record["precision"] == "fp32"
 
 
+def test_models_without_an_onnx_export_are_recorded_unavailable(tmp_path):
+    pytest.importorskip("onnxruntime")
+    settings = _tiny_settings(tmp_path)
+    bench = benchmark(["sam2_hiera_t", "powersam_s_decoupled"], ["onnx"], settings, repeats=1, warmup=0,
+                      complexity=False)
+    sam2, decoupled = bench["records"]
+    assert not sam2["available"] and "SAM 2" in sam2["error"]
+    assert not decoupled["available"] and "decoupled" in decoupled["error"]
+
+
 def test_unavailable_runtime_is_recorded_and_the_rest_still_runs(tmp_path, monkeypatch):
     def unavailable(*args, **kwargs):
         raise RuntimeUnavailable("not available: no INT8 here")
