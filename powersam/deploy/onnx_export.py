@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -170,15 +170,6 @@ def _export_integrated(model, out_path, opset, upsample_mode, score_thr, nms_iou
     )
     detections = {0: "num_detections"}
     out_path = Path(out_path)
-    _trace(
-        graph,
-        sample,
-        out_path,
-        opset,
-        input_names=["image", "input_size", "score_thr", "nms_iou", "max_det"],
-        output_names=list(graph.output_names),
-        dynamic_axes={name: detections for name in ("boxes", "scores", "labels", "mask_logits")},
-    )
     metadata = GraphMetadata(
         graph="integrated",
         class_names=list(model.class_names),
@@ -187,7 +178,17 @@ def _export_integrated(model, out_path, opset, upsample_mode, score_thr, nms_iou
         max_det=max_det,
         **common,
     )
-    _finish(out_path, metadata, simplify)
+    _export_graph(
+        graph,
+        sample,
+        out_path,
+        opset,
+        metadata,
+        simplify,
+        input_names=["image", "input_size", "score_thr", "nms_iou", "max_det"],
+        output_names=list(graph.output_names),
+        dynamic_axes={name: detections for name in ("boxes", "scores", "labels", "mask_logits")},
+    )
     return out_path
 
 
@@ -196,7 +197,8 @@ def _export_interactive(model, out_path, opset, upsample_mode, multimask_output,
     encoder = EncoderGraph(model.image_encoder, upsample_mode).eval()
     size = common["img_size"]
     image = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
-    _trace(encoder, (image,), encoder_path, opset, input_names=["image"], output_names=encoder.output_names)
+    _export_graph(encoder, (image,), encoder_path, opset, GraphMetadata(graph="encoder", partner=decoder_path.name,
+                  **common), simplify, input_names=["image"], output_names=encoder.output_names)
 
     decoder = DecoderGraph(model.prompt_encoder, model.mask_decoder, multimask_output).eval()
     grid = common["embedding_size"]
@@ -209,11 +211,20 @@ def _export_interactive(model, out_path, opset, upsample_mode, multimask_output,
         torch.ones(1),
     )
     prompts = {0: "num_prompts", 1: "num_points"}
-    _trace(
+    decoder_metadata = GraphMetadata(
+        graph="decoder",
+        partner=encoder_path.name,
+        mask_tokens=decoder.token_indices,
+        num_mask_tokens=int(model.mask_decoder.num_mask_tokens),
+        **common,
+    )
+    _export_graph(
         decoder,
         sample,
         decoder_path,
         opset,
+        decoder_metadata,
+        simplify,
         input_names=["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input"],
         output_names=["masks", "iou_predictions"],
         dynamic_axes={
@@ -224,20 +235,21 @@ def _export_interactive(model, out_path, opset, upsample_mode, multimask_output,
             "iou_predictions": {0: "num_prompts"},
         },
     )
-    _finish(encoder_path, GraphMetadata(graph="encoder", partner=decoder_path.name, **common), simplify)
-    decoder_metadata = GraphMetadata(
-        graph="decoder",
-        partner=encoder_path.name,
-        mask_tokens=decoder.token_indices,
-        num_mask_tokens=int(model.mask_decoder.num_mask_tokens),
-        **common,
-    )
-    _finish(decoder_path, decoder_metadata, simplify)
     return [encoder_path, decoder_path]
 
 
-def _trace(module: nn.Module, sample: tuple, path: Path, opset: int, **names) -> None:
+def _export_graph(module: nn.Module, sample: tuple, path: Path, opset: int, metadata: GraphMetadata,
+                  simplify: bool, **names) -> None:
+    """Trace ``module`` to ``path`` with its metadata. The tracer writes a graph over 2 GiB as one file per tensor,
+    so it traces into a scratch folder, and :func:`~powersam.deploy.onnx_io.save_onnx` writes the final file(s)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as scratch:
+        traced = Path(scratch) / path.name
+        _trace(module, sample, traced, opset, **names)
+        _finish(traced, path, metadata, simplify)
+
+
+def _trace(module: nn.Module, sample: tuple, path: Path, opset: int, **names) -> None:
     with warnings.catch_warnings(), torch.no_grad():
         # Shape checks inside the modules trace as constants; that is intended for the static dimensions.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
@@ -252,18 +264,17 @@ def _trace(module: nn.Module, sample: tuple, path: Path, opset: int, **names) ->
         )
 
 
-def _finish(path: Path, metadata: GraphMetadata, simplify: bool) -> None:
-    """Attach metadata, optionally simplify, check and save ``path`` in place (atomically)."""
+def _finish(traced: Path, path: Path, metadata: GraphMetadata, simplify: bool) -> None:
+    """Attach metadata to the traced graph, optionally simplify, then save and check it at ``path``."""
     import onnx
 
-    model = onnx.load(str(path))
+    from .onnx_io import save_onnx
+
+    model = onnx.load(str(traced))
     if simplify:
         model = _simplify(model, path)
     attach_metadata(model, metadata)
-    onnx.checker.check_model(model, full_check=True)
-    tmp = path.with_name(path.name + ".tmp")
-    onnx.save(model, str(tmp))
-    os.replace(tmp, path)
+    save_onnx(model, path)
 
 
 def _simplify(model, path: Path):

@@ -30,6 +30,7 @@ import onnx
 
 from .metadata import KEY_PREFIX, GraphMetadata
 from .onnx_graph import detection_path, sort_topologically
+from .onnx_io import save_onnx
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +39,6 @@ __all__ = ["FLOAT32_OP_TYPES", "PRECISION_KEY", "add_fp16_arguments", "float16_b
 
 PRECISION_KEY = KEY_PREFIX + "precision"
 FLOAT32_OP_TYPES = ("LayerNormalization", "Pow", "ReduceMean", "Sqrt")
-# onnx.save refuses protobufs over 2 GiB; bigger graphs (SAM-H's encoder) keep their weights in a side file.
-_EXTERNAL_DATA_BYTES = 1 << 30
 
 
 def float16_blocked_nodes(model: onnx.ModelProto, graph_kind: str) -> list[str]:
@@ -88,10 +87,7 @@ def to_float16(src: Union[str, Path], dst: Union[str, Path], *,
     for key, value in {**props, PRECISION_KEY: record}.items():
         entry = half.metadata_props.add()
         entry.key, entry.value = key, value
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    external = sum(len(t.raw_data) for t in half.graph.initializer) > _EXTERNAL_DATA_BYTES
-    onnx.save(half, str(dst), save_as_external_data=external, location=dst.name + ".data" if external else None)
-    onnx.checker.check_model(str(dst), full_check=True)  # type-consistent, as a strongly typed build requires
+    save_onnx(half, dst)  # the full check proves it type-consistent, as a strongly typed build requires
     logger.info("wrote FP16 graph %s (%s)", dst, record)
     return dst
 

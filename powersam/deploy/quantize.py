@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
@@ -57,6 +56,7 @@ from ..io import ImageSource, list_images, load_image
 from ..runtime.preprocess import preprocess_image
 from .metadata import KEY_PREFIX, GraphMetadata
 from .onnx_graph import descendants, nms_nodes, upstream_to
+from .onnx_io import EXTERNAL_DATA_BYTES, external_data_path, save_onnx
 
 logger = logging.getLogger(__name__)
 
@@ -265,16 +265,17 @@ def quantize_onnx(
     metadata = GraphMetadata.from_props(props, source=str(src))
     dst.parent.mkdir(parents=True, exist_ok=True)
     if metadata.graph == "decoder":
-        shutil.copyfile(src, dst)
-        _write_metadata(dst, props, "none (decoder graphs are kept in float32)")
+        _write_metadata(src, dst, props, "none (decoder graphs are kept in float32)")
         return dst
 
     images = calibration_images(calib_images, num_calib, seed)
     # Every calibrated tensor lies before NMS: one detection keeps the mask decoder's share of calibration small.
     reader = ImageCalibrationReader(images, metadata, max_det=1)
     del source
+    # Past protobuf's 2 GiB (SAM ViT-H), ONNX Runtime's tools must keep the weights in external data files too.
+    large = src.stat().st_size + _size_or_zero(external_data_path(src)) > EXTERNAL_DATA_BYTES
     with tempfile.TemporaryDirectory(prefix="powersam-quant-") as work:
-        prepared = _pre_process(src, Path(work) / "prepared.onnx")
+        prepared = _pre_process(src, Path(work) / "prepared.onnx", large)
         nodes = select_nodes_to_quantize(onnx.load(str(prepared), load_external_data=False), metadata.graph)
         tmp = Path(work) / "quantized.onnx"
         quantize_static(
@@ -289,6 +290,7 @@ def quantize_onnx(
             activation_type=ACTIVATION_TYPES[activation_type],
             weight_type=QuantType.QInt8,
             calibrate_method=CALIBRATION_METHODS[method],
+            use_external_data_format=large,
             extra_options={"CalibStridedMinMax": _chunk_size(len(reader)), "ActivationSymmetric": for_tensorrt,
                            "WeightSymmetric": True, "QuantizeBias": not for_tensorrt},
         )
@@ -300,8 +302,7 @@ def quantize_onnx(
             f"{'float' if for_tensorrt else 'int32'} biases; calibration {method} on {len(images)} {origin}; "
             f"{len(nodes)} Conv{tail}"
         )
-        _write_metadata(tmp, props, record)
-        shutil.move(str(tmp), str(dst))
+        _write_metadata(tmp, dst, props, record)
     logger.info("quantised %s → %s (%s)", src, dst, record)
     return dst
 
@@ -311,7 +312,7 @@ def _chunk_size(total: int) -> int:
     return max(d for d in range(1, min(CALIBRATION_CHUNK, total) + 1) if total % d == 0)
 
 
-def _pre_process(src: Path, out: Path) -> Path:
+def _pre_process(src: Path, out: Path, large: bool = False) -> Path:
     """ONNX Runtime's recommended pre-processing (symbolic shape inference, graph optimisation); ``src`` if it fails.
 
     It folds the exporter's Identity-wrapped initializers, without which convolution biases are not initializers and
@@ -323,7 +324,7 @@ def _pre_process(src: Path, out: Path) -> Path:
     # current directory; run it from the scratch folder so nothing lands in the user's.
     os.chdir(out.parent)
     try:
-        quant_pre_process(str(src), str(out))
+        quant_pre_process(str(src), str(out), save_as_external_data=large, all_tensors_to_one_file=True)
     except Exception as err:  # the tool raises bare Exceptions on graphs its symbolic inference cannot follow
         logger.warning("quantisation pre-processing failed (%s: %s); quantising the graph as exported",
                        type(err).__name__, err)
@@ -333,14 +334,18 @@ def _pre_process(src: Path, out: Path) -> Path:
     return out
 
 
-def _write_metadata(path: Path, props: dict[str, str], record: str) -> None:
-    """Replace ``path``'s metadata_props with the source's plus the quantisation record."""
+def _size_or_zero(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else 0
+
+
+def _write_metadata(path: Path, dst: Path, props: dict[str, str], record: str) -> None:
+    """Write ``path``'s graph to ``dst`` with the source's metadata_props plus the quantisation record."""
     model = onnx.load(str(path))
     del model.metadata_props[:]
     for key, value in {**props, QUANTIZATION_KEY: record}.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
-    onnx.save(model, str(path))
+    save_onnx(model, dst, check=False)
 
 
 # ------------------------------------------------------------------------------------------------ exports and CLI

@@ -405,3 +405,32 @@ def test_cli_helpers_export_and_accept_new_formats(tmp_path, capsys):
     add_export_arguments(parser)
     with pytest.raises(SystemExit):  # unregistered again
         parser.parse_args(["--model", "powersam_s", "--out", "x", "--format", "fake"])
+
+
+def test_graphs_past_the_protobuf_limit_keep_their_weights_beside(model, image, tmp_path, monkeypatch):
+    """SAM ViT-H's encoder exceeds protobuf's 2 GiB: such graphs are written as X.onnx + X.onnx.data. Simulated here
+    by lowering the threshold; the tracer's one-file-per-tensor output must not litter the folder."""
+    import powersam.runtime as rt
+    from powersam.deploy import onnx_io, quantize
+    from powersam.deploy.precision import to_float16
+
+    single_file = export_onnx(model, tmp_path / "small", interactive=True)[0]
+    assert not onnx_io.external_data_path(single_file).exists()
+    monkeypatch.setattr(onnx_io, "EXTERNAL_DATA_BYTES", 2**20)
+    monkeypatch.setattr(quantize, "EXTERNAL_DATA_BYTES", 2**20)
+    encoder, decoder = export_onnx(model, tmp_path / "pair", interactive=True)
+    assert sorted(p.name for p in (tmp_path / "pair").iterdir()) == [
+        "decoder.onnx", "decoder.onnx.data", "encoder.onnx", "encoder.onnx.data"]
+    assert encoder.stat().st_size < 2**20 < onnx_io.external_data_path(encoder).stat().st_size
+    big, small = rt.load(encoder, threads=1), rt.load(single_file, threads=1)
+    for predictor in (big, small):
+        predictor.set_image(image)
+    np.testing.assert_array_equal(big.features, small.features)
+
+    half = to_float16(encoder, tmp_path / "half" / "encoder.onnx")
+    to_float16(encoder, half)  # rewriting replaces the data file instead of appending to it
+    assert onnx_io.external_data_path(half).stat().st_size < 0.6 * onnx_io.external_data_path(encoder).stat().st_size
+    int8 = quantize.quantize_onnx(encoder, tmp_path / "pair" / "encoder.int8.onnx", num_calib=1)
+    predictor = rt.load(int8, threads=1)
+    predictor.set_image(image)
+    assert predictor.features.shape == small.features.shape
