@@ -67,7 +67,7 @@ def to_float16(src: Union[str, Path], dst: Union[str, Path], *,
         raise FileNotFoundError(f"no ONNX file at {src}")
     if src.resolve() == dst.resolve():
         raise ValueError(f"dst must differ from src ({src})")
-    model = onnx.load(str(src))
+    model, inferred = _load_with_types(src)
     props = {p.key: p.value for p in model.metadata_props}
     metadata = GraphMetadata.from_props(props, source=str(src))
     if props.get(KEY_PREFIX + "quantization", "").startswith("int8"):
@@ -78,7 +78,7 @@ def to_float16(src: Union[str, Path], dst: Union[str, Path], *,
     blocked_ops = [*DEFAULT_OP_BLOCK_LIST, *FLOAT32_OP_TYPES, *(extra_float32_ops or [])]
     blocked_nodes = float16_blocked_nodes(model, metadata.graph)
     half = convert_float_to_float16(model, keep_io_types=True, op_block_list=blocked_ops,
-                                    node_block_list=blocked_nodes)
+                                    node_block_list=blocked_nodes, disable_shape_infer=inferred)
     sort_topologically(half.graph)  # the converter appends the input casts last
     del half.metadata_props[:]
     record = f"fp16 (float32 I/O; float32 ops {', '.join(FLOAT32_OP_TYPES)}; {len(blocked_nodes)} detection nodes)"
@@ -90,6 +90,24 @@ def to_float16(src: Union[str, Path], dst: Union[str, Path], *,
     save_onnx(half, dst)  # the full check proves it type-consistent, as a strongly typed build requires
     logger.info("wrote FP16 graph %s (%s)", dst, record)
     return dst
+
+
+def _load_with_types(src: Path) -> tuple[onnx.ModelProto, bool]:
+    """Load ``src`` with its weights; for graphs past 2 GiB also run the type inference the converter needs, from
+    the file (in-memory inference cannot serialise them). Returns ``(model, types already inferred)``."""
+    import tempfile
+
+    from .onnx_io import EXTERNAL_DATA_BYTES, external_data_path
+
+    data = external_data_path(src)
+    if src.stat().st_size + (data.stat().st_size if data.is_file() else 0) <= EXTERNAL_DATA_BYTES:
+        return onnx.load(str(src)), False
+    with tempfile.TemporaryDirectory(prefix=".fp16-", dir=src.parent) as scratch:
+        typed = Path(scratch) / "typed.onnx"
+        onnx.shape_inference.infer_shapes_path(str(src), str(typed))
+        model = onnx.load(str(typed), load_external_data=False)
+        onnx.external_data_helper.load_external_data_for_model(model, str(src.parent))
+    return model, True
 
 
 # ------------------------------------------------------------------------------------------------ exports and CLI
