@@ -254,6 +254,7 @@ class SamPredictor(PromptFrameMixin):
                     low_res_t, self._input_size, self._original_size, self.img_size,
                     threshold=self._mask_threshold(), return_logits=return_logits,
                     chunk_size=upsample_chunk, out=torch.from_numpy(masks[start:stop]),
+                    resize_mode=self._resize_mode(),
                 )
                 scores[start:stop] = scores_t.float().cpu().numpy()
                 low_res[start:stop] = low_res_t.float().cpu().numpy()
@@ -290,12 +291,17 @@ class SamPredictor(PromptFrameMixin):
             raise ValueError(f"prompt batch sizes disagree: {batch}")
         with torch.inference_mode():
             low_res, iou = self._decode(point_coords, point_labels, boxes, mask_input, multimask_output)
-            masks = postprocess_masks(low_res, self._input_size, self._original_size, self.img_size)
+            masks = postprocess_masks(low_res, self._input_size, self._original_size, self.img_size,
+                                      resize_mode=self._resize_mode())
             if not return_logits:
                 masks = masks > self._mask_threshold()
         return masks, iou, low_res
 
     # ------------------------------------------------------------------ helpers
+    def _resize_mode(self) -> Optional[str]:
+        """``"squash"`` for SAM 2's own preprocessing (masks resized straight back, as Meta's predictor does)."""
+        return getattr(self.model, "resize_mode", None)
+
     def _decode(
         self,
         point_coords: Optional[torch.Tensor],
@@ -324,6 +330,7 @@ class SamPredictor(PromptFrameMixin):
             masks = masks_to_original(
                 low_res, self._input_size, self._original_size, self.img_size,
                 threshold=self._mask_threshold(), return_logits=return_logits, output_device="cpu",
+                resize_mode=self._resize_mode(),
             )
         return masks.numpy(), iou.float().cpu().numpy(), low_res.float().cpu().numpy()
 

@@ -158,13 +158,17 @@ def _check_logits(low_res_logits: torch.Tensor) -> None:
 
 
 def _upsample_chunk(
-    logits: torch.Tensor, input_size: Sequence[int], original_size: Sequence[int], img_size: int
+    logits: torch.Tensor, input_size: Sequence[int], original_size: Sequence[int], img_size: int,
+    resize_mode: Optional[str] = None,
 ) -> torch.Tensor:
+    original = (int(original_size[0]), int(original_size[1]))
+    if resize_mode == "squash":  # SAM 2's predictor: nothing padded, one bilinear step to the original size
+        return F.interpolate(logits.float(), original, mode="bilinear", align_corners=False)
     # Upsample to the padded input square first so the crop removes exactly the padded area, then go to
     # the original size; two bilinear steps, like segment-anything, so results match it bit for bit.
     logits = F.interpolate(logits.float(), (img_size, img_size), mode="bilinear", align_corners=False)
     logits = logits[..., : int(input_size[0]), : int(input_size[1])]
-    return F.interpolate(logits, (int(original_size[0]), int(original_size[1])), mode="bilinear", align_corners=False)
+    return F.interpolate(logits, original, mode="bilinear", align_corners=False)
 
 
 def postprocess_masks(
@@ -173,8 +177,10 @@ def postprocess_masks(
     original_size: Sequence[int],
     img_size: int,
     chunk_size: Optional[int] = None,
+    resize_mode: Optional[str] = None,
 ) -> torch.Tensor:
-    """Upsample N×M×h×w low-res logits to float logits N×M×H×W in the original frame.
+    """Upsample N×M×h×w low-res logits to float logits N×M×H×W in the original frame (``resize_mode="squash"``:
+    SAM 2's single resize of a squashed input).
 
     ``chunk_size`` processes that many prompts (first dimension) at a time, which bounds the
     ``img_size²`` intermediate; the N×M×H×W float32 output itself is always allocated — use
@@ -185,12 +191,12 @@ def postprocess_masks(
         raise ValueError(f"chunk_size must be positive or None; got {chunk_size}")
     n = low_res_logits.shape[0]
     if chunk_size is None or n <= chunk_size:
-        return _upsample_chunk(low_res_logits, input_size, original_size, img_size)
+        return _upsample_chunk(low_res_logits, input_size, original_size, img_size, resize_mode)
     shape = (n, low_res_logits.shape[1], int(original_size[0]), int(original_size[1]))
     out = low_res_logits.new_empty(shape, dtype=torch.float32)
     for start in range(0, n, chunk_size):
         out[start : start + chunk_size] = _upsample_chunk(
-            low_res_logits[start : start + chunk_size], input_size, original_size, img_size
+            low_res_logits[start : start + chunk_size], input_size, original_size, img_size, resize_mode
         )
     return out
 
@@ -219,6 +225,7 @@ def masks_to_original(
     chunk_size: int = 16,
     output_device: DeviceLike = None,
     out: Optional[torch.Tensor] = None,
+    resize_mode: Optional[str] = None,
 ) -> torch.Tensor:
     """Upsample N×M×h×w low-res logits to the original frame a chunk of prompts at a time.
 
@@ -248,6 +255,7 @@ def masks_to_original(
     elif tuple(out.shape) != shape or out.dtype != dtype:
         raise ValueError(f"out must be a {dtype} tensor of shape {shape}; got {out.dtype} {tuple(out.shape)}")
     for start in range(0, n, chunk_size):
-        logits = _upsample_chunk(low_res_logits[start : start + chunk_size], input_size, original_size, img_size)
+        logits = _upsample_chunk(low_res_logits[start : start + chunk_size], input_size, original_size, img_size,
+                                 resize_mode)
         out[start : start + chunk_size] = (logits if return_logits else logits > threshold).to(out.device)
     return out

@@ -312,16 +312,13 @@ def onnx_pipeline(name: str, model: torch.nn.Module, settings: BenchSettings, qu
     Integrated models run their single exported graph (backbone, BBPG, NMS, decoder), timed as one ``network``
     stage. To decode exactly K boxes with random weights, the graph is fed ``score_thr = 0`` and ``max_det = K``,
     so its NMS sees every candidate (a little more work than a real frame's few candidates). SAM-only models run
-    the encoder/decoder pair. Decoupled models are not exported (no ONNX graph of their separate detector), nor
-    are SAM 2 models (see :func:`powersam.deploy.onnx_export.export_onnx`).
+    the encoder/decoder pair. Decoupled models are not exported (no ONNX graph of their separate detector).
     Raises :class:`RuntimeUnavailable` with the reason when something is missing.
     """
     structure = structure_of(model)
     if structure == "decoupled":
         raise RuntimeUnavailable("not available: decoupled models have no ONNX export of their separate YOLOX-S "
                                  "detector (powersam.deploy.onnx_export writes integrated and interactive SAM graphs)")
-    if hasattr(model.image_encoder, "forward_with_high_res"):
-        raise RuntimeUnavailable("not available: SAM 2 models have no ONNX export here yet")
     from ..runtime.preprocess import preprocess_image as np_preprocess
     from ..runtime.preprocess import upsample_masks
 

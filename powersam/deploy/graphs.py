@@ -25,6 +25,7 @@ from ..models.repvit import RepViT, ResizeTo
 from ..models.sam.mask_decoder import MaskDecoder, MultimaskOutput
 from ..models.sam.prompt_encoder import PromptEncoder
 from ..ops.boxes import nms
+from .metadata import HIGH_RES_NAMES
 
 __all__ = [
     "DecoderGraph",
@@ -131,22 +132,35 @@ def encoder_upsample_mode(image_encoder: nn.Module) -> str | None:
     return image_encoder.fuse_stage3.op_list[1].mode if isinstance(image_encoder, RepViT) else None
 
 
+def uses_high_res_features(image_encoder: nn.Module) -> bool:
+    """A SAM 2 encoder whose decoder needs the stride-4/8 features besides the embedding."""
+    return hasattr(image_encoder, "forward_with_high_res") and bool(getattr(image_encoder, "use_high_res_features",
+                                                                             False))
+
+
 class EncoderGraph(nn.Module):
-    """``image`` 1×3×S×S → ``image_embeddings`` 1×256×S/16×S/16 (+ ``stage1..3`` for a multi-scale encoder)."""
+    """``image`` 1×3×S×S → ``image_embeddings`` 1×256×S/16×S/16, plus ``stage1..3`` for a multi-scale (RepViT)
+    encoder or ``high_res_feats_0`` 1×32×S/4×S/4 and ``high_res_feats_1`` 1×64×S/8×S/8 for SAM 2."""
 
     def __init__(self, image_encoder: nn.Module, upsample_mode: str | None = None) -> None:
         super().__init__()
         self.encoder = inference_encoder(image_encoder, upsample_mode)
         self.multiscale = hasattr(self.encoder, "forward_multiscale")
+        self.high_res = uses_high_res_features(self.encoder)
 
     @property
     def output_names(self) -> list[str]:
-        return ["image_embeddings", "stage1", "stage2", "stage3"] if self.multiscale else ["image_embeddings"]
+        if self.multiscale:
+            return ["image_embeddings", "stage1", "stage2", "stage3"]
+        return ["image_embeddings", *HIGH_RES_NAMES] if self.high_res else ["image_embeddings"]
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if self.multiscale:
             stage1, stage2, stage3, embedding = self.encoder.forward_multiscale(image)
             return embedding, stage1, stage2, stage3
+        if self.high_res:
+            embedding, (feat_s0, feat_s1) = self.encoder.forward_with_high_res(image)
+            return embedding, feat_s0, feat_s1
         return (self.encoder(image),)
 
 
@@ -166,8 +180,10 @@ class DecoderGraph(nn.Module):
         corner (a box is two points); mask_input B×1×4h×4w (or 1×1×4h×4w, broadcast) low-res logits;
         has_mask_input [1] float, 1 to use ``mask_input``, 0 to use ``no_mask_embed``.
         No padding point is appended here: SAM appends one when there is no box, and so must the caller.
+        SAM 2 decoders (``high_res``) also take high_res_feats_0 1×32×4h×4w and high_res_feats_1 1×64×2h×2w.
     Outputs:
         masks B×M×4h×4w low-res logits and iou_predictions B×M for the mask tokens ``token_indices`` (M of them).
+        SAM 2's single-mask fallback to the most stable multimask output is the caller's (it needs all tokens).
     """
 
     def __init__(
@@ -177,6 +193,12 @@ class DecoderGraph(nn.Module):
         self.prompt_encoder = copy.deepcopy(prompt_encoder).eval()
         self.mask_decoder = copy.deepcopy(mask_decoder).eval()
         self.token_indices = mask_token_indices(self.mask_decoder, multimask_output)
+        self.high_res = bool(getattr(self.mask_decoder, "use_high_res_features", False))
+
+    @property
+    def input_names(self) -> list[str]:
+        names = ["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input"]
+        return [*names, *HIGH_RES_NAMES] if self.high_res else names
 
     def forward(
         self,
@@ -185,17 +207,21 @@ class DecoderGraph(nn.Module):
         point_labels: torch.Tensor,
         mask_input: torch.Tensor,
         has_mask_input: torch.Tensor,
+        *high_res_features: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         # Same tokens as PromptEncoder.forward; box corners arrive as labelled points (labels 2 and 3).
         sparse = self.prompt_encoder._embed_points(point_coords, point_labels, pad=False)
         no_mask = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
         dense = has_mask_input * self.prompt_encoder._embed_masks(mask_input) + (1 - has_mask_input) * no_mask
-        masks, iou_predictions = self.mask_decoder.predict_masks(
+        extra = {"high_res_features": high_res_features} if self.high_res else {}
+        outputs = self.mask_decoder.predict_masks(
             image_embeddings=image_embeddings,
             image_pe=self.prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
+            **extra,
         )
+        masks, iou_predictions = outputs[0], outputs[1]  # SAM 2 also returns object-score logits
         first, last = self.token_indices[0], self.token_indices[-1] + 1
         return masks[:, first:last], iou_predictions[:, first:last]
 

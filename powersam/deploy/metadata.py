@@ -11,7 +11,7 @@ import json
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Mapping, Optional
 
-__all__ = ["FORMAT_VERSION", "GRAPH_KINDS", "GraphMetadata", "attach_metadata"]
+__all__ = ["FORMAT_VERSION", "GRAPH_KINDS", "HIGH_RES_NAMES", "GraphMetadata", "attach_metadata"]
 
 # Bump when a graph's inputs/outputs or the meaning of a key change; readers refuse newer versions.
 FORMAT_VERSION = 1
@@ -21,7 +21,11 @@ KEY_PREFIX = "powersam."
 # Keys whose values are JSON rather than plain strings.
 _JSON_FIELDS = {"class_names", "pixel_mean", "pixel_std", "mask_tokens"}
 _INT_FIELDS = {"img_size", "max_det", "num_mask_tokens", "format_version", "embedding_size"}
-_FLOAT_FIELDS = {"score_thr", "nms_iou", "mask_threshold"}
+_FLOAT_FIELDS = {"score_thr", "nms_iou", "mask_threshold", "stability_delta", "stability_thresh"}
+RESIZE_MODES = ("longest_side", "squash")
+# SAM 2's stride-4 and stride-8 features: outputs of its encoder graph, inputs of its decoder graph.
+HIGH_RES_NAMES = ("high_res_feats_0", "high_res_feats_1")
+PROMPT_ORDERS = ("sam", "sam2")
 
 
 @dataclass
@@ -41,6 +45,12 @@ class GraphMetadata:
         mask_threshold: logit threshold that turns mask logits into masks.
         upsample_mode: RepViT fuse-neck interpolation baked into the graph (``"bicubic"`` / ``"bilinear"``).
         partner: file name (same folder) of the other graph of an interactive pair.
+        resize_mode: ``"longest_side"`` (SAM: resize the long side to S, zero-pad; the default when absent) or
+            ``"squash"`` (SAM 2: resize to S×S whatever the aspect ratio, masks resized straight back).
+        prompt_order: ``"sam"`` (clicks, then box corners; a padding point only without a box; the default) or
+            ``"sam2"`` (box corners first, then clicks, and always a padding point).
+        stability_delta / stability_thresh: SAM 2 decoders: a single-mask request returns token 0 where its
+            stability score (IoU of logits > δ and > −δ) reaches the threshold, else the best multimask output.
         powersam_version: version of the package that wrote the file.
         format_version: :data:`FORMAT_VERSION` at export time.
     """
@@ -60,6 +70,10 @@ class GraphMetadata:
     mask_threshold: float = 0.0
     upsample_mode: Optional[str] = None
     partner: Optional[str] = None
+    resize_mode: Optional[str] = None
+    prompt_order: Optional[str] = None
+    stability_delta: Optional[float] = None
+    stability_thresh: Optional[float] = None
     powersam_version: str = ""
     format_version: int = FORMAT_VERSION
 
@@ -72,6 +86,10 @@ class GraphMetadata:
             raise ValueError("an integrated graph needs its class_names")
         if self.graph == "decoder" and not self.mask_tokens:
             raise ValueError("a decoder graph needs mask_tokens (the token indices it returns)")
+        if self.resize_mode is not None and self.resize_mode not in RESIZE_MODES:
+            raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
+        if self.prompt_order is not None and self.prompt_order not in PROMPT_ORDERS:
+            raise ValueError(f"prompt_order must be one of {PROMPT_ORDERS}, got {self.prompt_order!r}")
 
     def to_props(self) -> dict[str, str]:
         """Flatten to the ``{key: string}`` form of ONNX ``metadata_props`` (None values are left out)."""

@@ -112,12 +112,6 @@ def export_onnx(
         raise ValueError(f"opset must be at least {MIN_OPSET}, got {opset}")
     model = _resolve_model(model_or_name, checkpoint, img_size)
     name = getattr(model, "model_name", type(model).__name__)
-    if hasattr(model.image_encoder, "forward_with_high_res"):
-        # Not a tracing limit: a SAM 2 pair needs another graph interface and runtime (its decoder also takes the
-        # encoder's stride-4/8 features, its box corners come before the clicks with a padding point always, its
-        # images are squashed to S×S, and a single-mask request falls back to the most stable multimask output).
-        raise ValueError(f"{name}: SAM 2 models have no ONNX export here yet (their decoder needs the encoder's "
-                         "high-resolution features and SAM 2's own prompt and resize conventions); run them in PyTorch")
     mode = upsample_mode if upsample_mode is not None else encoder_upsample_mode(model.image_encoder)
     common = dict(
         model_name=name,
@@ -128,6 +122,7 @@ def export_onnx(
         mask_threshold=float(getattr(model, "mask_threshold", 0.0)),
         upsample_mode=mode,
         powersam_version=__version__,
+        **_sam2_conventions(model),
     )
     started = time.perf_counter()
     if interactive:
@@ -142,6 +137,16 @@ def export_onnx(
         ]
     logger.info("exported %s to %s in %.1f s", name, ", ".join(map(str, paths)), time.perf_counter() - started)
     return paths
+
+
+def _sam2_conventions(model: nn.Module) -> dict:
+    """Metadata of SAM 2's own preprocessing and prompt tokens (nothing for SAM v1-family models)."""
+    conventions = {}
+    if getattr(model, "resize_mode", "longest_side") == "squash":
+        conventions["resize_mode"] = "squash"
+    if getattr(model.prompt_encoder, "boxes_as_points", False):
+        conventions["prompt_order"] = "sam2"
+    return conventions
 
 
 def _export_integrated(model, out_path, opset, upsample_mode, score_thr, nms_iou, max_det, simplify, common) -> Path:
@@ -210,12 +215,23 @@ def _export_interactive(model, out_path, opset, upsample_mode, multimask_output,
         torch.randn(2, 1, 4 * grid, 4 * grid),
         torch.ones(1),
     )
+    if decoder.high_res:  # SAM 2: the stride-4 and stride-8 features of the same image
+        sample += tuple(torch.randn(1, c, scale * grid, scale * grid)
+                        for c, scale in zip(model.mask_decoder.high_res_channels, (4, 2)))
     prompts = {0: "num_prompts", 1: "num_points"}
+    stability = {}
+    if getattr(model.mask_decoder, "dynamic_multimask_via_stability", False):
+        if len(decoder.token_indices) != model.mask_decoder.num_mask_tokens:
+            raise ValueError("SAM 2 decoders choose their single mask among all mask tokens (the most stable "
+                             "one): export them with multimask_output=None")
+        stability = dict(stability_delta=float(model.mask_decoder.dynamic_multimask_stability_delta),
+                         stability_thresh=float(model.mask_decoder.dynamic_multimask_stability_thresh))
     decoder_metadata = GraphMetadata(
         graph="decoder",
         partner=encoder_path.name,
         mask_tokens=decoder.token_indices,
         num_mask_tokens=int(model.mask_decoder.num_mask_tokens),
+        **stability,
         **common,
     )
     _export_graph(
@@ -225,7 +241,7 @@ def _export_interactive(model, out_path, opset, upsample_mode, multimask_output,
         opset,
         decoder_metadata,
         simplify,
-        input_names=["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input"],
+        input_names=decoder.input_names,
         output_names=["masks", "iou_predictions"],
         dynamic_axes={
             "point_coords": prompts,

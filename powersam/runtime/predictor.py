@@ -2,7 +2,10 @@
 
 Same prompts (original-image pixels), same outputs, same validation. Prompts reach the decoder graph the way SAM's
 ONNX export expects them: a box becomes two points labelled 2 and 3, and when there is no box a padding point
-(label −1) is appended to clicks, exactly the tokens the PyTorch prompt encoder builds.
+(label −1) is appended to clicks, exactly the tokens the PyTorch prompt encoder builds. SAM 2 pairs (metadata
+``prompt_order="sam2"``, ``resize_mode="squash"``) get SAM 2's tokens (box corners first, a padding point always),
+its squashed S×S input, its high-resolution features, and its single-mask fallback to the most stable multimask
+output.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import numpy as np
 
 from ..io import ImageSource, load_image
 from .preprocess import preprocess_image, upsample_masks
+from ..deploy.metadata import HIGH_RES_NAMES
 from .session import GraphSession
 from ..prompt_frame import PromptFrameMixin
 
@@ -55,6 +59,10 @@ class OnnxSamPredictor(PromptFrameMixin):
         self.mask_tokens = list(decoder.metadata.mask_tokens or [])
         self.num_mask_tokens = int(decoder.metadata.num_mask_tokens or len(self.mask_tokens))
         self._mask_size = 4 * int(decoder.metadata.embedding_size or self.img_size // 16)
+        self.resize_mode = encoder.metadata.resize_mode or "longest_side"
+        self.prompt_order = decoder.metadata.prompt_order or "sam"
+        self._needs_high_res = all(name in decoder.input_names for name in HIGH_RES_NAMES)
+        self._high_res: tuple[np.ndarray, ...] = ()
         self._warned_clipping = False
         self.reset_image()
 
@@ -68,16 +76,23 @@ class OnnxSamPredictor(PromptFrameMixin):
         rgb = load_image(image)
         if image_format == "BGR":
             rgb = np.ascontiguousarray(rgb[..., ::-1])
-        x, input_size = preprocess_image(rgb, self.img_size, self.metadata.pixel_mean, self.metadata.pixel_std)
+        x, input_size = preprocess_image(rgb, self.img_size, self.metadata.pixel_mean, self.metadata.pixel_std,
+                                         self.resize_mode)
         out = self.encoder.run({"image": x})
         stages = tuple(out[name] for name in ("stage1", "stage2", "stage3") if name in out)
-        self.set_image_embedding(out["image_embeddings"], rgb.shape[:2], input_size)
+        high_res = tuple(out[name] for name in HIGH_RES_NAMES if name in out) or None
+        self.set_image_embedding(out["image_embeddings"], rgb.shape[:2], input_size, high_res_features=high_res)
         self._multiscale_features = (*stages, out["image_embeddings"]) if stages else None
 
     def set_image_embedding(
-        self, embedding: np.ndarray, original_size: Sequence[int], input_size: Sequence[int]
+        self, embedding: np.ndarray, original_size: Sequence[int], input_size: Sequence[int],
+        high_res_features: Optional[Sequence[np.ndarray]] = None,
     ) -> None:
-        """Use a precomputed 1×C×e×e (or C×e×e) embedding, e.g. the integrated graph's ``image_embeddings``."""
+        """Use a precomputed 1×C×e×e (or C×e×e) embedding, e.g. the integrated graph's ``image_embeddings``; a SAM 2
+        decoder also needs the encoder's ``high_res_features`` (``high_res_feats_0``, ``high_res_feats_1``)."""
+        if self._needs_high_res and (high_res_features is None or len(high_res_features) != len(HIGH_RES_NAMES)):
+            raise ValueError("this SAM 2 decoder needs the encoder's high_res_features (high_res_feats_0, "
+                             "high_res_feats_1) with the embedding")
         embedding = np.asarray(embedding, dtype=np.float32)
         if embedding.ndim == 3:
             embedding = embedding[None]
@@ -90,6 +105,8 @@ class OnnxSamPredictor(PromptFrameMixin):
             raise ValueError(f"input_size {input_size} exceeds the model's img_size {self.img_size}")
         self.reset_image()
         self._embedding = np.ascontiguousarray(embedding)
+        if self._needs_high_res:
+            self._high_res = tuple(np.ascontiguousarray(f, dtype=np.float32) for f in high_res_features)
         self._original_size, self._input_size = original_size, input_size
 
     def get_image_embedding(self) -> np.ndarray:
@@ -174,14 +191,16 @@ class OnnxSamPredictor(PromptFrameMixin):
     ) -> tuple[np.ndarray, np.ndarray]:
         """All prompts as labelled points in the input frame: N×K×2 float32 coords, N×K float32 labels."""
         coords, labels = [], []
-        if point_coords is not None:
-            coords.append(self._to_input_frame(point_coords))
-            labels.append(point_labels.astype(np.float64))
-        if boxes is not None:
-            coords.append(self._to_input_frame(boxes).reshape(n, 2, 2))
-            labels.append(np.broadcast_to(np.array(BOX_CORNER_LABELS), (n, 2)))
-        elif point_coords is not None:
-            # SAM's prompt encoder appends one not-a-point token whenever no box is given.
+        clicks = [] if point_coords is None else [(self._to_input_frame(point_coords), point_labels.astype(np.float64))]
+        corners = [] if boxes is None else [(self._to_input_frame(boxes).reshape(n, 2, 2),
+                                             np.broadcast_to(np.array(BOX_CORNER_LABELS), (n, 2)))]
+        # SAM: clicks, then the box corners, and a padding point only without a box. SAM 2: the corners first,
+        # then the clicks, and the padding point whenever there are any points (the corners are points there).
+        sam2 = self.prompt_order == "sam2"
+        for part_coords, part_labels in (corners + clicks if sam2 else clicks + corners):
+            coords.append(part_coords)
+            labels.append(part_labels)
+        if coords and (sam2 or boxes is None):
             coords.append(np.zeros((n, 1, 2)))
             labels.append(np.full((n, 1), PADDING_LABEL))
         if not coords:
@@ -200,6 +219,9 @@ class OnnxSamPredictor(PromptFrameMixin):
     ) -> tuple[np.ndarray, np.ndarray]:
         """Decoder graph on input-frame prompts → (low-res logits B×C×s×s, scores B×C) for the selected tokens."""
         positions = self._select_tokens(multimask_output)
+        stable_fallback = positions == [self.mask_tokens.index(0)] and self._stability is not None
+        if stable_fallback:  # SAM 2: decide between token 0 and the multimask outputs from all of them
+            positions = [self.mask_tokens.index(t) for t in range(self.num_mask_tokens)]
         s = self._mask_size
         feeds = {
             "image_embeddings": self._embedding,
@@ -210,9 +232,31 @@ class OnnxSamPredictor(PromptFrameMixin):
                 else np.ascontiguousarray(mask_input, dtype=np.float32)
             ),
             "has_mask_input": np.array([0.0 if mask_input is None else 1.0], dtype=np.float32),
+            **dict(zip(HIGH_RES_NAMES, self._high_res)),
         }
         out = self.decoder.run(feeds)
-        return out["masks"][:, positions], out["iou_predictions"][:, positions]
+        masks, scores = out["masks"][:, positions], out["iou_predictions"][:, positions]
+        return self._most_stable(masks, scores) if stable_fallback else (masks, scores)
+
+    @property
+    def _stability(self) -> Optional[tuple[float, float]]:
+        meta = self.decoder.metadata
+        if meta.stability_delta is None or meta.stability_thresh is None:
+            return None
+        if any(t not in self.mask_tokens for t in range(self.num_mask_tokens)):
+            return None  # the graph returns token 0 only: nothing to fall back to (the exporter refuses this)
+        return float(meta.stability_delta), float(meta.stability_thresh)
+
+    def _most_stable(self, masks: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """SAM 2's single-mask rule on all tokens B×T: token 0 where its mask is stable (IoU of logits > δ and
+        > −δ at least the threshold), else the multimask token with the highest predicted IoU → B×1 each."""
+        delta, thresh = self._stability
+        flat = masks[:, 0].reshape(len(masks), -1)
+        inner, outer = (flat > delta).sum(-1), (flat > -delta).sum(-1)
+        stability = np.where(outer > 0, inner / np.maximum(outer, 1), 1.0)
+        chosen = np.where(stability >= thresh, 0, scores[:, 1:].argmax(-1) + 1)
+        rows = np.arange(len(masks))
+        return masks[rows, chosen][:, None], scores[rows, chosen][:, None]
 
     def _select_tokens(self, multimask_output: Union[bool, int]) -> list[int]:
         """Positions, in the decoder's outputs, of the mask tokens ``multimask_output`` asks for."""
@@ -239,5 +283,6 @@ class OnnxSamPredictor(PromptFrameMixin):
         per_prompt = low_res.shape[1] * (size * size + ih * iw + h * w) * 4
         chunk = max(1, UPSAMPLE_BUDGET_BYTES // max(per_prompt, 1))
         threshold = None if return_logits else self.mask_threshold
-        return upsample_masks(low_res, self._input_size, self._original_size, size, threshold, chunk)
+        return upsample_masks(low_res, self._input_size, self._original_size, size, threshold, chunk,
+                              self.resize_mode)
 

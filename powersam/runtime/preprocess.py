@@ -40,18 +40,31 @@ def resize_longest_side(image: np.ndarray, long_side: int) -> np.ndarray:
 
 
 def preprocess_image(
-    image: np.ndarray, img_size: int, pixel_mean: Sequence[float], pixel_std: Sequence[float]
+    image: np.ndarray, img_size: int, pixel_mean: Sequence[float], pixel_std: Sequence[float],
+    resize_mode: Optional[str] = None,
 ) -> tuple[np.ndarray, Size]:
-    """H×W×3 uint8 RGB → (1×3×S×S float32 normalised and zero-padded bottom/right, input_size (h, w))."""
+    """H×W×3 uint8 RGB → (1×3×S×S float32 normalised input, input_size (h, w)).
+
+    ``resize_mode`` ``"longest_side"`` (default, SAM): long side resized to S, zero-padded bottom/right.
+    ``"squash"`` (SAM 2): resized to S×S whatever the aspect ratio (bilinear with antialiasing on float pixels, as
+    SAM 2's torch ``interpolate(..., antialias=True)``; Pillow's filter is the one torch's antialiasing copies);
+    input_size is then (S, S).
+    """
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(
             "preprocess_image expects an H×W×3 uint8 RGB array (use powersam.io.load_image); got "
             f"{type(image).__name__} {getattr(image, 'dtype', '')} {getattr(image, 'shape', '')}"
         )
-    resized = resize_longest_side(image, img_size)
-    h, w = resized.shape[:2]
     mean = np.asarray(pixel_mean, dtype=np.float32).reshape(3, 1, 1)
     std = np.asarray(pixel_std, dtype=np.float32).reshape(3, 1, 1)
+    if resize_mode == "squash":
+        channels = [np.asarray(Image.fromarray(image[..., c].astype(np.float32), mode="F").resize(
+            (img_size, img_size), Image.BILINEAR)) for c in range(3)]
+        return ((np.stack(channels) - mean) / std)[None].astype(np.float32), (img_size, img_size)
+    if resize_mode not in (None, "longest_side"):
+        raise ValueError(f"resize_mode must be 'longest_side' or 'squash', got {resize_mode!r}")
+    resized = resize_longest_side(image, img_size)
+    h, w = resized.shape[:2]
     normalised = (resized.transpose(2, 0, 1).astype(np.float32) - mean) / std
     padded = np.zeros((1, 3, img_size, img_size), dtype=np.float32)
     padded[0, :, :h, :w] = normalised
@@ -99,12 +112,14 @@ def upsample_masks(
     img_size: int,
     threshold: Optional[float] = 0.0,
     chunk_size: int = 16,
+    resize_mode: Optional[str] = None,
 ) -> np.ndarray:
     """N×M×s×s low-res logits → N×M×H×W masks: bool ``logits > threshold``, float32 logits if threshold is None.
 
     Like :func:`powersam.transforms.masks_to_original`: bilinear to the padded S×S input, crop the resized image,
     bilinear to the original size, ``chunk_size`` prompts at a time so the float32 intermediates stay at
-    chunk·M·(S² + h·w + H·W)·4 bytes on top of the output.
+    chunk·M·(S² + h·w + H·W)·4 bytes on top of the output. ``resize_mode="squash"`` (SAM 2) resizes the low-res
+    logits straight to the original size, as SAM 2's ``postprocess_masks``.
     """
     if low_res_logits.ndim != 4:
         raise ValueError(f"low_res_logits must be N×M×h×w, got shape {low_res_logits.shape}")
@@ -117,7 +132,10 @@ def upsample_masks(
     for start in range(0, n, chunk_size):
         chunk = low_res_logits[start : start + chunk_size].astype(np.float32, copy=False)
         stack = chunk.reshape(-1, *chunk.shape[2:])
-        padded = _resize(stack, (img_size, img_size))[:, :in_h, :in_w]
-        logits = _resize(padded, (height, width)).reshape(chunk.shape[0], m, height, width)
+        if resize_mode == "squash":  # SAM 2: nothing to crop, straight to the original size
+            logits = _resize(stack, (height, width)).reshape(chunk.shape[0], m, height, width)
+        else:
+            padded = _resize(stack, (img_size, img_size))[:, :in_h, :in_w]
+            logits = _resize(padded, (height, width)).reshape(chunk.shape[0], m, height, width)
         out[start : start + chunk.shape[0]] = logits if threshold is None else logits > threshold
     return out

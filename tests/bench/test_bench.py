@@ -182,11 +182,9 @@ def test_onnx_runtime_decodes_the_same_number_of_boxes(tmp_path):
 
 def test_models_without_an_onnx_export_are_recorded_unavailable(tmp_path):
     pytest.importorskip("onnxruntime")
-    settings = _tiny_settings(tmp_path)
-    bench = benchmark(["sam2_hiera_t", "powersam_s_decoupled"], ["onnx"], settings, repeats=1, warmup=0,
+    bench = benchmark(["powersam_s_decoupled"], ["onnx"], _tiny_settings(tmp_path), repeats=1, warmup=0,
                       complexity=False)
-    sam2, decoupled = bench["records"]
-    assert not sam2["available"] and "SAM 2" in sam2["error"]
+    decoupled, = bench["records"]
     assert not decoupled["available"] and "decoupled" in decoupled["error"]
 
 

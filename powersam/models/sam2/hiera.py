@@ -249,7 +249,7 @@ class Hiera(nn.Module):
                 f"position embedding (input side a multiple of {4 * window})"
             )
         background = F.interpolate(self.pos_embed, size=(height, width), mode="bicubic")
-        embed = background + self.pos_embed_window.tile(1, 1, height // window, width // window)
+        embed = background + self.pos_embed_window.repeat(1, 1, height // window, width // window)
         return embed.permute(0, 2, 3, 1)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
