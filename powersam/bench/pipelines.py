@@ -272,9 +272,11 @@ def _export(name: str, model: torch.nn.Module, settings: BenchSettings, quantize
         integrated = structure_of(model) == "integrated"
         target = Path(work_dir) / name / ("integrated.onnx" if integrated else "interactive")
         try:
-            # The pair's decoder returns only token 0 (the single-mask output the torch pipeline decodes).
+            # The pair's decoder returns only token 0 (the single-mask output the torch pipeline decodes), except
+            # SAM 2's, which needs every token to choose its single mask.
+            single = not integrated and not getattr(model.mask_decoder, "dynamic_multimask_via_stability", False)
             cache["fp32"] = export_onnx(model, target, interactive=not integrated,
-                                        multimask_output=None if integrated else False)
+                                        multimask_output=False if single else None)
         except Exception as err:  # recorded in bench.json; the other pipelines still run
             raise RuntimeUnavailable(
                 f"not available: ONNX export of {name} failed ({type(err).__name__}: {err})") from None
@@ -325,7 +327,7 @@ def onnx_pipeline(name: str, model: torch.nn.Module, settings: BenchSettings, qu
     sessions = _sessions(_export(name, model, settings, quantized), settings)
     meta = sessions[0].metadata
     image = synthetic_image(settings.frame, settings.seed)
-    _, input_size = np_preprocess(image, meta.img_size, meta.pixel_mean, meta.pixel_std)
+    _, input_size = np_preprocess(image, meta.img_size, meta.pixel_mean, meta.pixel_std, meta.resize_mode)
     use_detected = settings.boxes == "detected"
     count = 0 if use_detected else int(settings.boxes)
     boxes = synthetic_boxes(count, input_size).numpy()
@@ -339,11 +341,12 @@ def onnx_pipeline(name: str, model: torch.nn.Module, settings: BenchSettings, qu
     }
 
     def preprocess(s: dict[str, Any]) -> None:
-        s["x"], s["input_size"] = np_preprocess(s["image"], meta.img_size, meta.pixel_mean, meta.pixel_std)
+        s["x"], s["input_size"] = np_preprocess(s["image"], meta.img_size, meta.pixel_mean, meta.pixel_std,
+                                                meta.resize_mode)
 
     def postprocess(s: dict[str, Any]) -> None:
         s["masks"] = upsample_masks(s["low_res"], s["input_size"], image.shape[:2], meta.img_size,
-                                    threshold=meta.mask_threshold)
+                                    threshold=meta.mask_threshold, resize_mode=meta.resize_mode)
 
     if structure == "integrated":
         from ..runtime.integrated import OnnxPowerSAM
@@ -362,20 +365,26 @@ def onnx_pipeline(name: str, model: torch.nn.Module, settings: BenchSettings, qu
     else:
         encoder_session, decoder_session = sessions
         grid = 4 * int(meta.embedding_size or meta.img_size // 16)
-        # A box is two points labelled 2 (top-left) and 3 (bottom-right); no padding point with a box.
-        feeds = {"point_coords": boxes.reshape(-1, 2, 2).astype(np.float32),
-                 "point_labels": np.tile(np.array([[2.0, 3.0]], dtype=np.float32), (count, 1)),
+        # A box is two points labelled 2 (top-left) and 3 (bottom-right); no padding point with a box, except in
+        # SAM 2's token order, which always appends one.
+        coords, labels = boxes.reshape(-1, 2, 2).astype(np.float32), np.tile(np.array([[2.0, 3.0]], np.float32),
+                                                                             (count, 1))
+        if decoder_session.metadata.prompt_order == "sam2":
+            coords = np.concatenate([coords, np.zeros((count, 1, 2), np.float32)], axis=1)
+            labels = np.concatenate([labels, np.full((count, 1), -1.0, np.float32)], axis=1)
+        feeds = {"point_coords": coords, "point_labels": labels,
                  "mask_input": np.zeros((1, 1, grid, grid), dtype=np.float32),
                  "has_mask_input": np.zeros(1, dtype=np.float32)}
+        features = [n for n in encoder_session.output_names if n in decoder_session.input_names]
 
         def encoder(s: dict[str, Any]) -> None:
-            s["embedding"] = encoder_session.run({"image": s["x"]}, ["image_embeddings"])["image_embeddings"]
+            s["features"] = encoder_session.run({"image": s["x"]}, features)  # the embedding (+ SAM 2's high-res)
 
         def decoder(s: dict[str, Any]) -> None:
             if count == 0:
                 s["low_res"] = np.zeros((0, 1, grid, grid), dtype=np.float32)
             else:
-                s["low_res"] = decoder_session.run({"image_embeddings": s["embedding"], **feeds}, ["masks"])["masks"]
+                s["low_res"] = decoder_session.run({**s["features"], **feeds}, ["masks"])["masks"][:, :1]
             info["boxes_decoded"] = count
 
         stages = [Stage(fn.__name__, fn) for fn in (preprocess, encoder, decoder, postprocess)]

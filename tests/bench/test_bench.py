@@ -180,6 +180,15 @@ def test_onnx_runtime_decodes_the_same_number_of_boxes(tmp_path):
     assert onnx_record["precision"] == "fp32"
 
 
+def test_sam2_pair_runs_on_onnx_runtime(tmp_path):
+    pytest.importorskip("onnxruntime")
+    settings = _tiny_settings(tmp_path, img_size=128)  # Hiera: 16× its 8×8 window position embedding
+    record, = benchmark(["sam2_hiera_t"], ["onnx"], settings, repeats=1, warmup=0, complexity=False)["records"]
+    assert record["available"], record.get("error")
+    assert record["boxes_decoded"] == 2 and list(record["parts"]) == ["preprocess", "encoder", "decoder",
+                                                                      "postprocess"]
+
+
 def test_models_without_an_onnx_export_are_recorded_unavailable(tmp_path):
     pytest.importorskip("onnxruntime")
     bench = benchmark(["powersam_s_decoupled"], ["onnx"], _tiny_settings(tmp_path), repeats=1, warmup=0,
