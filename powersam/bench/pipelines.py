@@ -269,7 +269,7 @@ def _export(name: str, model: torch.nn.Module, settings: BenchSettings, quantize
     cache = _EXPORTS.setdefault(model, {})
     if "fp32" not in cache:
         work_dir = settings.work_dir or tempfile.mkdtemp(prefix="powersam-bench-")
-        integrated = structure_of(model) == "integrated"
+        integrated = structure_of(model) in ("integrated", "decoupled")  # one detect-and-segment graph
         target = Path(work_dir) / name / ("integrated.onnx" if integrated else "interactive")
         try:
             # The pair's decoder returns only token 0 (the single-mask output the torch pipeline decodes), except
@@ -311,16 +311,13 @@ def _sessions(paths: list[Path], settings: BenchSettings) -> list[Any]:
 def onnx_pipeline(name: str, model: torch.nn.Module, settings: BenchSettings, quantized: bool = False) -> Pipeline:
     """The same frame on ONNX Runtime (``onnx``, or ``onnx-int8`` with quantised graphs).
 
-    Integrated models run their single exported graph (backbone, BBPG, NMS, decoder), timed as one ``network``
-    stage. To decode exactly K boxes with random weights, the graph is fed ``score_thr = 0`` and ``max_det = K``,
-    so its NMS sees every candidate (a little more work than a real frame's few candidates). SAM-only models run
-    the encoder/decoder pair. Decoupled models are not exported (no ONNX graph of their separate detector).
-    Raises :class:`RuntimeUnavailable` with the reason when something is missing.
+    Integrated and decoupled models run their single exported graph (backbone(s), detector, NMS, decoder), timed
+    as one ``network`` stage (the decoupled graph's detector input is prepared in ``preprocess``). To decode exactly
+    K boxes with random weights, the graph is fed ``score_thr = 0`` and ``max_det = K``, so its NMS sees every
+    candidate (a little more work than a real frame's few candidates). SAM-only models run the encoder/decoder
+    pair. Raises :class:`RuntimeUnavailable` with the reason when something is missing.
     """
     structure = structure_of(model)
-    if structure == "decoupled":
-        raise RuntimeUnavailable("not available: decoupled models have no ONNX export of their separate YOLOX-S "
-                                 "detector (powersam.deploy.onnx_export writes integrated and interactive SAM graphs)")
     from ..runtime.preprocess import preprocess_image as np_preprocess
     from ..runtime.preprocess import upsample_masks
 
@@ -332,7 +329,7 @@ def onnx_pipeline(name: str, model: torch.nn.Module, settings: BenchSettings, qu
     count = 0 if use_detected else int(settings.boxes)
     boxes = synthetic_boxes(count, input_size).numpy()
     info: dict[str, Any] = {
-        "structure": structure, "img_size": meta.img_size, "frame": list(settings.frame), "det_size": None,
+        "structure": structure, "img_size": meta.img_size, "frame": list(settings.frame), "det_size": meta.det_size,
         "boxes": "detected" if use_detected else count,
         "reparameterized": bool(getattr(model.image_encoder, "is_reparameterized", False)),
         "checkpoint": str(settings.checkpoints[name]) if name in settings.checkpoints else None,
@@ -348,7 +345,7 @@ def onnx_pipeline(name: str, model: torch.nn.Module, settings: BenchSettings, qu
         s["masks"] = upsample_masks(s["low_res"], s["input_size"], image.shape[:2], meta.img_size,
                                     threshold=meta.mask_threshold, resize_mode=meta.resize_mode)
 
-    if structure == "integrated":
+    if structure in ("integrated", "decoupled"):
         from ..runtime.integrated import OnnxPowerSAM
 
         runtime = OnnxPowerSAM(sessions[0])
@@ -356,12 +353,16 @@ def onnx_pipeline(name: str, model: torch.nn.Module, settings: BenchSettings, qu
         if not use_detected:
             info["note"] = f"graph fed score_thr=0, max_det={count} so that it decodes exactly {count} boxes"
 
+        def preprocess_both(s: dict[str, Any]) -> None:
+            preprocess(s)
+            s["det"] = runtime.detector_feeds(s["image"], s["input_size"])  # {} for an integrated graph
+
         def network(s: dict[str, Any]) -> None:
-            out = runtime.run_graph(s["x"], s["input_size"], conf, runtime.nms_iou, max_det)
+            out = runtime.run_graph(s["x"], s["input_size"], conf, runtime.nms_iou, max_det, s["det"])
             s["low_res"] = out["mask_logits"]
             info["boxes_decoded"] = int(out["mask_logits"].shape[0])
 
-        stages = [Stage("preprocess", preprocess), Stage("network", network), Stage("postprocess", postprocess)]
+        stages = [Stage("preprocess", preprocess_both), Stage("network", network), Stage("postprocess", postprocess)]
     else:
         encoder_session, decoder_session = sessions
         grid = 4 * int(meta.embedding_size or meta.img_size // 16)

@@ -226,43 +226,28 @@ class DecoderGraph(nn.Module):
         return masks[:, first:last], iou_predictions[:, first:last]
 
 
-class IntegratedGraph(nn.Module):
-    """Integrated PowerSAM as one graph: image → detections with low-res masks.
-
-    Inputs:
-        image 1×3×S×S (normalised, zero-padded); input_size int64 [2] = (h, w) of the resized image inside it
-        (boxes are clamped to it before prompting SAM, as ``PowerSAM.predict`` does); score_thr float scalar
-        (keep score ≥ it); nms_iou float scalar (suppress IoU > it, same class); max_det int64 scalar.
-    Outputs:
-        boxes N×4 xyxy in the input frame (clamped), scores N, labels N int64 (best score first), mask_logits
-        N×1×4h×4w (token 0, the single-mask output), image_embeddings 1×256×h×w (for a follow-up decoder call).
-        N ≤ max_det and may be 0.
-    """
-
-    def __init__(self, model: nn.Module, upsample_mode: str | None = None) -> None:
-        super().__init__()
-        if not hasattr(model, "box_generator") or not hasattr(model.image_encoder, "forward_multiscale"):
-            raise TypeError(
-                "IntegratedGraph needs an integrated PowerSAM (shared RepViT + box_generator), "
-                f"got {type(model).__name__}"
-            )
-        self.encoder = inference_encoder(model.image_encoder, upsample_mode)
-        self.box_generator = copy.deepcopy(model.box_generator).eval()
-        self.prompt_encoder = copy.deepcopy(model.prompt_encoder).eval()
-        self.mask_decoder = copy.deepcopy(model.mask_decoder).eval()
-        self.num_classes = self.box_generator.bbox_head.num_classes
+class _DetectSegmentGraph(nn.Module):
+    """What the integrated and decoupled graphs share: YOLOX decoding + NMS inside the graph, and box-prompted
+    mask decoding of the detections (token 0, the single-mask output)."""
 
     output_names = ["boxes", "scores", "labels", "mask_logits", "image_embeddings"]
 
+    def __init__(self, model: nn.Module, bbox_head: nn.Module) -> None:
+        super().__init__()
+        self.prompt_encoder = copy.deepcopy(model.prompt_encoder).eval()
+        self.mask_decoder = copy.deepcopy(model.mask_decoder).eval()
+        self.num_classes = bbox_head.num_classes
+
     def detect(
         self,
+        bbox_head: nn.Module,
         raw: Sequence[Sequence[torch.Tensor]],
         score_thr: torch.Tensor,
         nms_iou: torch.Tensor,
         max_det: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """YOLOX outputs → (boxes N×4, scores N, labels N) as ``YOLOXHead.predict`` orders them."""
-        boxes, class_scores, objectness = self.box_generator.bbox_head.decode(*raw)
+        boxes, class_scores, objectness = bbox_head.decode(*raw)
         best, labels = class_scores[0].max(dim=-1)
         scores = best * objectness[0]
         # Non-finite boxes (an overflowing exp) never survive the PyTorch NMS; ONNX NMS would keep them.
@@ -285,17 +270,10 @@ class IntegratedGraph(nn.Module):
         kept = kept[order][:max_det]
         return cand_boxes[kept], cand_scores[kept], cand_labels[kept]
 
-    def forward(
-        self,
-        image: torch.Tensor,
-        input_size: torch.Tensor,
-        score_thr: torch.Tensor,
-        nms_iou: torch.Tensor,
-        max_det: torch.Tensor,
-    ) -> tuple[torch.Tensor, ...]:
-        stage1, stage2, stage3, embedding = self.encoder.forward_multiscale(image)
-        raw = self.box_generator((stage1, stage2, stage3))
-        boxes, scores, labels = self.detect(raw, score_thr, nms_iou, max_det)
+    def segment(
+        self, boxes: torch.Tensor, input_size: torch.Tensor, embedding: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clamp boxes (segmenter input frame) to the resized image and decode one mask each → (boxes, logits)."""
         # Boxes may reach into the padding; SAM should only see the real image area.
         height, width = input_size[0].to(boxes.dtype), input_size[1].to(boxes.dtype)
         limits = torch.stack([width, height, width, height])
@@ -311,4 +289,79 @@ class IntegratedGraph(nn.Module):
             dense_prompt_embeddings=dense,
             multimask_output=False,
         )
-        return boxes, scores, labels, mask_logits[:-1], embedding
+        return boxes, mask_logits[:-1]
+
+
+class IntegratedGraph(_DetectSegmentGraph):
+    """Integrated PowerSAM as one graph: image → detections with low-res masks.
+
+    Inputs:
+        image 1×3×S×S (normalised, zero-padded); input_size int64 [2] = (h, w) of the resized image inside it
+        (boxes are clamped to it before prompting SAM, as ``PowerSAM.predict`` does); score_thr float scalar
+        (keep score ≥ it); nms_iou float scalar (suppress IoU > it, same class); max_det int64 scalar.
+    Outputs:
+        boxes N×4 xyxy in the input frame (clamped), scores N, labels N int64 (best score first), mask_logits
+        N×1×4h×4w (token 0, the single-mask output), image_embeddings 1×256×h×w (for a follow-up decoder call).
+        N ≤ max_det and may be 0.
+    """
+
+    def __init__(self, model: nn.Module, upsample_mode: str | None = None) -> None:
+        if not hasattr(model, "box_generator") or not hasattr(model.image_encoder, "forward_multiscale"):
+            raise TypeError(
+                "IntegratedGraph needs an integrated PowerSAM (shared RepViT + box_generator), "
+                f"got {type(model).__name__}"
+            )
+        super().__init__(model, model.box_generator.bbox_head)
+        self.encoder = inference_encoder(model.image_encoder, upsample_mode)
+        self.box_generator = copy.deepcopy(model.box_generator).eval()
+
+    def forward(
+        self,
+        image: torch.Tensor,
+        input_size: torch.Tensor,
+        score_thr: torch.Tensor,
+        nms_iou: torch.Tensor,
+        max_det: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
+        stage1, stage2, stage3, embedding = self.encoder.forward_multiscale(image)
+        raw = self.box_generator((stage1, stage2, stage3))
+        boxes, scores, labels = self.detect(self.box_generator.bbox_head, raw, score_thr, nms_iou, max_det)
+        boxes, mask_logits = self.segment(boxes, input_size, embedding)
+        return boxes, scores, labels, mask_logits, embedding
+
+
+class DecoupledGraph(_DetectSegmentGraph):
+    """The decoupled baseline as one graph: a separate YOLOX detector and the segmenter, each on its own input.
+
+    Inputs:
+        image 1×3×S×S (the segmenter's: normalised, zero-padded); det_image 1×3×D×D (the detector's: raw 0–255
+        pixels letterboxed with 114, as ``DecoupledPowerSAM.detector_input``); box_scale float [4]: factors
+        (sx, sy, sx, sy) taking detector-input boxes to the segmenter input; input_size, score_thr, nms_iou,
+        max_det as :class:`IntegratedGraph`.
+    Outputs: as :class:`IntegratedGraph`. Two backbones run per frame, which is what the baseline measures.
+    """
+
+    def __init__(self, model: nn.Module, upsample_mode: str | None = None) -> None:
+        if not hasattr(model, "detector"):
+            raise TypeError(f"DecoupledGraph needs a decoupled model (a separate detector), got {type(model).__name__}")
+        if getattr(model.mask_decoder, "use_high_res_features", False):
+            raise TypeError("DecoupledGraph: SAM 2 segmenters are exported as interactive pairs only")
+        super().__init__(model, model.detector.bbox_head)
+        self.encoder = inference_encoder(model.image_encoder, upsample_mode)
+        self.detector = copy.deepcopy(model.detector).eval()
+
+    def forward(
+        self,
+        image: torch.Tensor,
+        det_image: torch.Tensor,
+        box_scale: torch.Tensor,
+        input_size: torch.Tensor,
+        score_thr: torch.Tensor,
+        nms_iou: torch.Tensor,
+        max_det: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
+        embedding = self.encoder(image)
+        boxes, scores, labels = self.detect(self.detector.bbox_head, self.detector(det_image), score_thr, nms_iou,
+                                            max_det)
+        boxes, mask_logits = self.segment(boxes * box_scale, input_size, embedding)
+        return boxes, scores, labels, mask_logits, embedding

@@ -20,7 +20,7 @@ KEY_PREFIX = "powersam."
 
 # Keys whose values are JSON rather than plain strings.
 _JSON_FIELDS = {"class_names", "pixel_mean", "pixel_std", "mask_tokens"}
-_INT_FIELDS = {"img_size", "max_det", "num_mask_tokens", "format_version", "embedding_size"}
+_INT_FIELDS = {"img_size", "max_det", "num_mask_tokens", "format_version", "embedding_size", "det_size"}
 _FLOAT_FIELDS = {"score_thr", "nms_iou", "mask_threshold", "stability_delta", "stability_thresh"}
 RESIZE_MODES = ("longest_side", "squash")
 # SAM 2's stride-4 and stride-8 features: outputs of its encoder graph, inputs of its decoder graph.
@@ -39,6 +39,8 @@ class GraphMetadata:
         pixel_mean / pixel_std: per-channel RGB normalisation applied before padding.
         class_names: detector classes (integrated graphs; empty otherwise).
         score_thr / nms_iou / max_det: defaults fed to the integrated graph's scalar inputs.
+        det_size: decoupled baselines exported as one graph: side D of the separate detector's letterboxed input
+            (the graph then also takes ``det_image`` and ``box_scale``).
         embedding_size: side of the image embedding (S/16); low-res masks are 4× that.
         mask_tokens: decoder graphs: indices of the mask tokens it returns (0 = single-mask token, 1..3 multimask).
         num_mask_tokens: how many mask tokens the decoder has in total (4 for SAM).
@@ -64,6 +66,7 @@ class GraphMetadata:
     score_thr: Optional[float] = None
     nms_iou: Optional[float] = None
     max_det: Optional[int] = None
+    det_size: Optional[int] = None
     embedding_size: Optional[int] = None
     mask_tokens: Optional[list[int]] = None
     num_mask_tokens: Optional[int] = None

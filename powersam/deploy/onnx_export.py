@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .. import __version__
-from .graphs import DecoderGraph, EncoderGraph, IntegratedGraph, encoder_upsample_mode
+from .graphs import DecoderGraph, DecoupledGraph, EncoderGraph, IntegratedGraph, encoder_upsample_mode
 from .metadata import GraphMetadata, attach_metadata
 
 logger = logging.getLogger(__name__)
@@ -150,10 +150,11 @@ def _sam2_conventions(model: nn.Module) -> dict:
 
 
 def _export_integrated(model, out_path, opset, upsample_mode, score_thr, nms_iou, max_det, simplify, common) -> Path:
-    if not hasattr(model, "box_generator"):
+    decoupled = hasattr(model, "detector")
+    if not hasattr(model, "box_generator") and not decoupled:
         raise ValueError(
-            f"{common['model_name']} has no integrated box-prompt generator; export it with interactive=True "
-            "(decoupled models: export the segmenter interactively; their separate detector is not exported)"
+            f"{common['model_name']} has no detector (integrated box-prompt generator or separate YOLOX); export it "
+            "with interactive=True"
         )
     score_thr = float(model.score_thr if score_thr is None else score_thr)
     nms_iou = float(model.nms_iou if nms_iou is None else nms_iou)
@@ -162,17 +163,26 @@ def _export_integrated(model, out_path, opset, upsample_mode, score_thr, nms_iou
         raise ValueError(
             f"need 0 ≤ score_thr ≤ 1, 0 ≤ nms_iou ≤ 1 and max_det ≥ 0, got {score_thr}, {nms_iou}, {max_det}"
         )
-    graph = IntegratedGraph(model, upsample_mode).eval()
+    graph = (DecoupledGraph if decoupled else IntegratedGraph)(model, upsample_mode).eval()
     size = common["img_size"]
+    generator = torch.Generator().manual_seed(0)
     # A zero threshold during tracing keeps candidates flowing through NMS and the decoder, so no branch of the
     # trace sees an empty tensor; the values themselves are graph inputs.
     sample = (
-        torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0)),
+        torch.randn(1, 3, size, size, generator=generator),
         torch.tensor([size, size], dtype=torch.int64),
         torch.tensor(0.0),
         torch.tensor(nms_iou, dtype=torch.float32),
         torch.tensor(8, dtype=torch.int64),
     )
+    input_names = ["image", "input_size", "score_thr", "nms_iou", "max_det"]
+    extra = {}
+    if decoupled:  # the separate detector's own input, and its boxes' factors into the segmenter's frame
+        det = int(model.det_size)
+        sample = (sample[0], torch.rand(1, 3, det, det, generator=generator) * 255,
+                  torch.full((4,), size / det), *sample[1:])
+        input_names = ["image", "det_image", "box_scale", *input_names[1:]]
+        extra["det_size"] = det
     detections = {0: "num_detections"}
     out_path = Path(out_path)
     metadata = GraphMetadata(
@@ -181,6 +191,7 @@ def _export_integrated(model, out_path, opset, upsample_mode, score_thr, nms_iou
         score_thr=score_thr,
         nms_iou=nms_iou,
         max_det=max_det,
+        **extra,
         **common,
     )
     _export_graph(
@@ -190,7 +201,7 @@ def _export_integrated(model, out_path, opset, upsample_mode, score_thr, nms_iou
         opset,
         metadata,
         simplify,
-        input_names=["image", "input_size", "score_thr", "nms_iou", "max_det"],
+        input_names=input_names,
         output_names=list(graph.output_names),
         dynamic_axes={name: detections for name in ("boxes", "scores", "labels", "mask_logits")},
     )

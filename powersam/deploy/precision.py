@@ -15,6 +15,8 @@ is therefore built from an FP16 graph, written here by ONNX Runtime's float16 co
   channel LayerNorm of the fuse neck): a sum of squares overflows FP16 long before the activations do;
 * what ONNX Runtime's converter keeps in float32 anyway (``NonMaxSuppression``, ``TopK``, ``Range``, ``Min``/``Max``…).
 
+The converter alone would still round the float32 parts to FP16 between their nodes (it casts around each kept node
+separately); :func:`drop_float16_round_trips` removes those casts, so the float32 parts really stay float32.
 Convolutions, matrix products, attention and the mask decoder run in FP16, with FP32 accumulation in TensorRT. The
 result also runs on ONNX Runtime's CPU provider (which computes FP16 nodes it has no kernel for in float32), which is
 how the tests check it without a GPU.
@@ -34,8 +36,8 @@ from .onnx_io import save_onnx
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FLOAT32_OP_TYPES", "PRECISION_KEY", "add_fp16_arguments", "float16_blocked_nodes", "float16_path",
-           "fp16_runner", "to_float16"]
+__all__ = ["FLOAT32_OP_TYPES", "PRECISION_KEY", "add_fp16_arguments", "drop_float16_round_trips",
+           "float16_blocked_nodes", "float16_path", "fp16_runner", "to_float16"]
 
 PRECISION_KEY = KEY_PREFIX + "precision"
 FLOAT32_OP_TYPES = ("LayerNormalization", "Pow", "ReduceMean", "Sqrt")
@@ -80,8 +82,10 @@ def to_float16(src: Union[str, Path], dst: Union[str, Path], *,
     half = convert_float_to_float16(model, keep_io_types=True, op_block_list=blocked_ops,
                                     node_block_list=blocked_nodes, disable_shape_infer=inferred)
     sort_topologically(half.graph)  # the converter appends the input casts last
+    removed = drop_float16_round_trips(half)
     del half.metadata_props[:]
     record = f"fp16 (float32 I/O; float32 ops {', '.join(FLOAT32_OP_TYPES)}; {len(blocked_nodes)} detection nodes)"
+    logger.debug("%s: removed %d float16 round trips between float32 nodes", src.name, removed)
     if partner is not None:
         props[KEY_PREFIX + "partner"] = partner
     for key, value in {**props, PRECISION_KEY: record}.items():
@@ -90,6 +94,59 @@ def to_float16(src: Union[str, Path], dst: Union[str, Path], *,
     save_onnx(half, dst)  # the full check proves it type-consistent, as a strongly typed build requires
     logger.info("wrote FP16 graph %s (%s)", dst, record)
     return dst
+
+
+def drop_float16_round_trips(model: onnx.ModelProto) -> int:
+    """Remove the float32 → float16 → float32 ``Cast`` pairs the converter puts between two float32 nodes; returns
+    how many second casts went.
+
+    ONNX Runtime's converter casts every kept-float32 node's output to FP16 and the next kept node's input back, so
+    a chain of float32 nodes (box decoding, NMS bookkeeping) would still round its values to FP16 between nodes.
+    Consumers of the second cast read the original float32 tensor instead; a second cast that produces a graph
+    output becomes an ``Identity`` (the output keeps its name); first casts left unused are removed.
+    """
+    graph = model.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    outputs = {o.name for o in graph.output}
+    to = lambda node: next((a.i for a in node.attribute if a.name == "to"), None)  # noqa: E731
+    float32_tensors = _float32_tensors(model)
+    rewired: dict[str, str] = {}
+    removed = 0
+    for node in list(graph.node):
+        first = producer.get(node.input[0]) if node.op_type == "Cast" and node.input else None
+        if first is None or to(node) != onnx.TensorProto.FLOAT or first.op_type != "Cast":
+            continue
+        if to(first) != onnx.TensorProto.FLOAT16 or first.input[0] not in float32_tensors:
+            continue
+        source = first.input[0]
+        if node.output[0] in outputs:
+            identity = onnx.helper.make_node("Identity", [source], [node.output[0]], name=node.name + "_identity")
+            graph.node.insert(list(graph.node).index(node), identity)
+        else:
+            rewired[node.output[0]] = source
+        graph.node.remove(node)
+        removed += 1
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in rewired:
+                node.input[i] = rewired[name]
+    used = {name for node in graph.node for name in node.input} | outputs
+    for node in list(graph.node):
+        if node.op_type == "Cast" and not any(out in used for out in node.output):
+            graph.node.remove(node)
+    return removed
+
+
+def _float32_tensors(model: onnx.ModelProto) -> set[str]:
+    """Names of the float32 tensors of ``model``, by ONNX type inference."""
+    inferred = onnx.shape_inference.infer_shapes(model) if model.ByteSize() < 2**31 else model
+    values = [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
+    names = {v.name for v in values if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    names |= {t.name for t in inferred.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    names |= {out for node in inferred.graph.node if node.op_type == "Cast"
+              and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT for a in node.attribute)
+              for out in node.output}
+    return names
 
 
 def _load_with_types(src: Path) -> tuple[onnx.ModelProto, bool]:

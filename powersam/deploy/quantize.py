@@ -53,7 +53,7 @@ from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, Q
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from ..io import ImageSource, list_images, load_image
-from ..runtime.preprocess import preprocess_image
+from ..runtime.preprocess import detector_feeds, preprocess_image
 from .metadata import KEY_PREFIX, GraphMetadata
 from .onnx_graph import descendants, nms_nodes, upstream_to
 from .onnx_io import EXTERNAL_DATA_BYTES, external_data_path, save_onnx
@@ -155,10 +155,12 @@ class ImageCalibrationReader(CalibrationDataReader):
     def feeds(self, index: int) -> dict[str, np.ndarray]:
         """The graph inputs for image ``index``."""
         meta = self.metadata
-        x, input_size = preprocess_image(load_image(self.images[index]), meta.img_size, meta.pixel_mean, meta.pixel_std)
+        rgb = load_image(self.images[index])
+        x, input_size = preprocess_image(rgb, meta.img_size, meta.pixel_mean, meta.pixel_std, meta.resize_mode)
         if meta.graph == "encoder":
             return {"image": x}
         return {
+            **({} if meta.det_size is None else detector_feeds(rgb, int(meta.det_size), input_size)),
             "image": x,
             "input_size": np.asarray(input_size, dtype=np.int64),
             "score_thr": np.asarray(0.5 if meta.score_thr is None else meta.score_thr, dtype=np.float32),

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..io import load_image
 from ..results import Results
-from .preprocess import axis_scales, preprocess_image, upsample_masks
+from .preprocess import axis_scales, detector_feeds, preprocess_image, upsample_masks
 from .session import GraphSession
 
 __all__ = ["OnnxPowerSAM"]
@@ -20,7 +20,9 @@ class OnnxPowerSAM:
     The graph does the network work (backbone, detection with NMS, mask decoding at low resolution); this class
     does what depends on the image size: resize/normalise/pad in NumPy before, and box rescaling plus mask
     upsampling to the original size after (see :mod:`powersam.runtime.preprocess`). Results match
-    ``PowerSAM.predict`` on the same weights (same boxes, labels and order; masks up to float rounding).
+    ``PowerSAM.predict`` on the same weights (same boxes, labels and order; masks up to float rounding). A decoupled
+    baseline's graph (metadata ``det_size``) also gets its detector's letterboxed input, as
+    ``DecoupledPowerSAM.predict`` builds it.
     """
 
     def __init__(self, session: GraphSession) -> None:
@@ -35,6 +37,7 @@ class OnnxPowerSAM:
         self.nms_iou = float(meta.nms_iou if meta.nms_iou is not None else 0.65)
         self.max_det = int(meta.max_det if meta.max_det is not None else 100)
         self.mask_threshold = float(meta.mask_threshold)
+        self.det_size = meta.det_size
 
     @property
     def providers(self) -> list[str]:
@@ -46,11 +49,21 @@ class OnnxPowerSAM:
             f"providers={self.providers})"
         )
 
+    def detector_feeds(self, rgb: np.ndarray, input_size: Sequence[int]) -> dict[str, np.ndarray]:
+        """A decoupled graph's extra inputs: ``det_image`` (long side resized to D, letterboxed with 114, raw 0–255)
+        and ``box_scale`` (detector-input → segmenter-input box factors); empty for an integrated graph."""
+        return {} if self.det_size is None else detector_feeds(rgb, int(self.det_size), input_size)
+
     def run_graph(
-        self, image: np.ndarray, input_size: Sequence[int], conf: float, iou: float, max_det: int
+        self, image: np.ndarray, input_size: Sequence[int], conf: float, iou: float, max_det: int,
+        detector_feeds: Optional[dict[str, np.ndarray]] = None,
     ) -> dict[str, np.ndarray]:
-        """Run the graph on a preprocessed 1×3×S×S input → boxes (input frame), scores, labels, mask_logits."""
+        """Run the graph on a preprocessed 1×3×S×S input (and a decoupled graph's :meth:`detector_feeds`) → boxes
+        (input frame), scores, labels, mask_logits."""
+        if self.det_size is not None and not detector_feeds:
+            raise ValueError("this decoupled graph also needs its detector's input: pass detector_feeds")
         feeds = {
+            **(detector_feeds or {}),
             "image": np.ascontiguousarray(image, dtype=np.float32),
             "input_size": np.asarray(input_size, dtype=np.int64),
             "score_thr": np.asarray(conf, dtype=np.float32),
@@ -86,7 +99,7 @@ class OnnxPowerSAM:
         rgb = load_image(image)
         original_size = rgb.shape[:2]
         x, input_size = preprocess_image(rgb, self.img_size, self.metadata.pixel_mean, self.metadata.pixel_std)
-        out = self.run_graph(x, input_size, conf, iou, max_det)
+        out = self.run_graph(x, input_size, conf, iou, max_det, self.detector_feeds(rgb, input_size))
         boxes, scores, labels, logits = out["boxes"], out["scores"], out["labels"], out["mask_logits"]
         if wanted is not None:
             keep = np.isin(labels, sorted(wanted))

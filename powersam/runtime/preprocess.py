@@ -71,6 +71,21 @@ def preprocess_image(
     return padded, (h, w)
 
 
+def detector_feeds(image: np.ndarray, det_size: int, input_size: Sequence[int]) -> dict[str, np.ndarray]:
+    """A decoupled graph's detector inputs for an H×W×3 uint8 RGB image: ``det_image`` 1×3×D×D float32 (long side
+    resized to D, letterboxed with 114, raw 0–255, as ``DecoupledPowerSAM.detector_input``) and ``box_scale`` [4]
+    (detector-input → segmenter-input box factors, the segmenter input being ``input_size``)."""
+    resized = resize_longest_side(image, det_size)
+    canvas = np.full((det_size, det_size, 3), 114, dtype=np.uint8)
+    canvas[: resized.shape[0], : resized.shape[1]] = resized
+    det_sy, det_sx = axis_scales(image.shape[:2], resized.shape[:2])
+    sy, sx = axis_scales(image.shape[:2], input_size)
+    return {
+        "det_image": canvas.transpose(2, 0, 1)[None].astype(np.float32),
+        "box_scale": np.array([sx / det_sx, sy / det_sy] * 2, dtype=np.float32),
+    }
+
+
 def axis_scales(original_size: Sequence[int], input_size: Sequence[int]) -> tuple[float, float]:
     """``(h / H, w / W)``: the exact per-axis resize factors (prompts and boxes are mapped with these)."""
     return input_size[0] / original_size[0], input_size[1] / original_size[1]

@@ -189,12 +189,14 @@ def test_sam2_pair_runs_on_onnx_runtime(tmp_path):
                                                                       "postprocess"]
 
 
-def test_models_without_an_onnx_export_are_recorded_unavailable(tmp_path):
+def test_decoupled_graph_runs_on_onnx_runtime(tmp_path):
     pytest.importorskip("onnxruntime")
     bench = benchmark(["powersam_s_decoupled"], ["onnx"], _tiny_settings(tmp_path), repeats=1, warmup=0,
                       complexity=False)
     decoupled, = bench["records"]
-    assert not decoupled["available"] and "decoupled" in decoupled["error"]
+    assert decoupled["available"], decoupled.get("error")
+    assert decoupled["boxes_decoded"] == 2 and decoupled["det_size"] == 64
+    assert list(decoupled["parts"]) == ["preprocess", "network", "postprocess"]
 
 
 def test_unavailable_runtime_is_recorded_and_the_rest_still_runs(tmp_path, monkeypatch):
