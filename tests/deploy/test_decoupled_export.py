@@ -10,6 +10,7 @@ import powersam.runtime as rt
 from powersam.deploy.metadata import GraphMetadata
 from powersam.deploy.onnx_export import export_onnx
 from powersam.models.zoo import build_model
+from test_onnx_export import calibrate_batch_norm  # helpers of the export tests
 
 SIZE, DET = 128, 96
 CLASSES = ["insulator", "bushing", "breaker"]
@@ -21,15 +22,8 @@ def detecting_decoupled() -> torch.nn.Module:
     torch.manual_seed(0)
     model = build_model("powersam_s_decoupled", img_size=SIZE, class_names=CLASSES)
     model.det_size = DET
-    for module in model.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.reset_running_stats()
-            module.momentum = None
-    model.train()
-    with torch.no_grad():
-        model.detector(torch.rand(2, 3, DET, DET) * 255)
-        model.image_encoder(torch.randn(2, 3, SIZE, SIZE))
-    model.eval()
+    calibrate_batch_norm(model, lambda m: (m.detector(torch.rand(2, 3, DET, DET) * 255),
+                                           m.image_encoder(torch.randn(2, 3, SIZE, SIZE))))
     head = model.detector.bbox_head
     with torch.no_grad():
         for objectness, classes in zip(head.multi_level_conv_obj, head.multi_level_conv_cls):
@@ -81,23 +75,17 @@ def test_nothing_detected_and_missing_detector_input(graph):
         runtime.run_graph(x, (SIZE, SIZE), 0.3, 0.5, 10)
 
 
+@pytest.mark.usefixtures("quiet_onnxruntime")
 def test_int8_and_fp16_twins_run(graph, tmp_path):
     """Calibration and conversion see the decoupled graph's two image inputs (the detector's comes from the same
     frame); the twins stay close to float32 on the top detections."""
-    import onnxruntime as ort
-
     from powersam.deploy.precision import to_float16
     from powersam.deploy.quantize import quantize_onnx
 
     image = np.random.default_rng(90).integers(0, 256, size=(90, 140, 3), dtype=np.uint8)
     reference = rt.load(graph, threads=1).predict(image, conf=0.3, max_det=5)
     int8 = quantize_onnx(graph, tmp_path / "decoupled.int8.onnx", num_calib=2)
-    ort.set_default_logger_severity(3)  # FP16 nodes without CPU kernels are reported while loading
-    try:
-        half = rt.load(to_float16(graph, tmp_path / "decoupled.fp16.onnx"), threads=1).predict(image, conf=0.3,
-                                                                                              max_det=5)
-    finally:
-        ort.set_default_logger_severity(2)
+    half = rt.load(to_float16(graph, tmp_path / "decoupled.fp16.onnx"), threads=1).predict(image, conf=0.3, max_det=5)
     assert len(half.boxes) == len(reference.boxes) == 5
     np.testing.assert_allclose(half.scores, reference.scores, atol=5e-3)
     quantized = rt.load(int8, threads=1).predict(image, conf=0.3, max_det=5)

@@ -28,19 +28,25 @@ IMG_SIZE = 128
 CLASSES = ["insulator", "bushing", "breaker"]
 
 
-def detecting_powersam(img_size: int = IMG_SIZE, seed: int = 0) -> torch.nn.Module:
-    """A random-weight PowerSAM whose detector fires: BatchNorm statistics calibrated on noise (so features and
-    scores vary instead of collapsing onto the bias) and objectness biased up."""
-    torch.manual_seed(seed)
-    model = build_model("powersam_s", img_size=img_size, class_names=CLASSES)
+def calibrate_batch_norm(model: torch.nn.Module, forward) -> None:
+    """Set every BatchNorm's statistics from one train-mode ``forward(model)`` on noise, so a random model's
+    features and scores vary instead of collapsing onto the biases; leaves the model in eval mode."""
     for module in model.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             module.reset_running_stats()
             module.momentum = None  # cumulative average: one batch sets the statistics
     model.train()
     with torch.no_grad():
-        model.forward_integrated(torch.randn(2, 3, img_size, img_size))
+        forward(model)
     model.eval()
+
+
+def detecting_powersam(img_size: int = IMG_SIZE, seed: int = 0) -> torch.nn.Module:
+    """A random-weight PowerSAM whose detector fires: BatchNorm statistics calibrated on noise and objectness
+    biased up."""
+    torch.manual_seed(seed)
+    model = build_model("powersam_s", img_size=img_size, class_names=CLASSES)
+    calibrate_batch_norm(model, lambda m: m.forward_integrated(torch.randn(2, 3, img_size, img_size)))
     head = model.box_generator.bbox_head
     for conv_obj, conv_cls in zip(head.multi_level_conv_obj, head.multi_level_conv_cls):
         torch.nn.init.constant_(conv_obj.bias, 1.0)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 
 import powersam.runtime as rt
@@ -17,20 +16,14 @@ from powersam.deploy.precision import (FLOAT32_OP_TYPES, PRECISION_KEY, drop_flo
 from test_onnx_export import detecting_powersam, mask_iou  # helpers of the export tests
 from test_quantize import props, scene
 
+pytestmark = pytest.mark.usefixtures("quiet_onnxruntime")
+
 FLOAT, FLOAT16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
 # Measured on the random-weight powersam_s at S=128: embedding cosine 0.99999, box-prompt mask IoU ≥ 0.997 against
 # float32, identical detections. On the model trained on real insulator photos (S=512, docs/benchmarks.md §3):
 # the same detections on 15 held-out photos, boxes within 0.2 px, scores within 4e-4, mask IoU mean 0.99.
 MIN_EMBEDDING_COSINE = 0.999
 MIN_MASK_IOU = 0.95
-
-
-@pytest.fixture(scope="module", autouse=True)
-def quiet_onnxruntime():
-    # ORT warns for each FP16 node it cannot constant-fold on the CPU; expected here.
-    ort.set_default_logger_severity(3)
-    yield
-    ort.set_default_logger_severity(2)
 
 
 @pytest.fixture(scope="module")

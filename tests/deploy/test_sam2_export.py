@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,14 +14,9 @@ from powersam.deploy.onnx_export import export_onnx
 from powersam.models.zoo import build_model
 from powersam.predictor import SamPredictor
 
+pytestmark = pytest.mark.usefixtures("quiet_onnxruntime")
+
 SIZE = 128  # hiera_t: 32² tokens
-
-
-@pytest.fixture(scope="module", autouse=True)
-def quiet_onnxruntime():
-    ort.set_default_logger_severity(3)
-    yield
-    ort.set_default_logger_severity(2)
 
 
 @pytest.fixture(scope="module")
