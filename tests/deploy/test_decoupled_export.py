@@ -10,7 +10,7 @@ import powersam.runtime as rt
 from powersam.deploy.metadata import GraphMetadata
 from powersam.deploy.onnx_export import export_onnx
 from powersam.models.zoo import build_model
-from test_onnx_export import calibrate_batch_norm  # helpers of the export tests
+from test_onnx_export import calibrate_batch_norm, make_head_fire  # helpers of the export tests
 
 SIZE, DET = 128, 96
 CLASSES = ["insulator", "bushing", "breaker"]
@@ -24,13 +24,7 @@ def detecting_decoupled() -> torch.nn.Module:
     model.det_size = DET
     calibrate_batch_norm(model, lambda m: (m.detector(torch.rand(2, 3, DET, DET) * 255),
                                            m.image_encoder(torch.randn(2, 3, SIZE, SIZE))))
-    head = model.detector.bbox_head
-    with torch.no_grad():
-        for objectness, classes in zip(head.multi_level_conv_obj, head.multi_level_conv_cls):
-            objectness.weight.mul_(0.05)
-            classes.weight.mul_(0.05)
-            torch.nn.init.constant_(objectness.bias, 1.0)
-            torch.nn.init.constant_(classes.bias, 0.0)
+    make_head_fire(model.detector.bbox_head, weight_scale=0.05)
     return model
 
 

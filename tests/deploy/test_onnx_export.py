@@ -47,11 +47,19 @@ def detecting_powersam(img_size: int = IMG_SIZE, seed: int = 0) -> torch.nn.Modu
     torch.manual_seed(seed)
     model = build_model("powersam_s", img_size=img_size, class_names=CLASSES)
     calibrate_batch_norm(model, lambda m: m.forward_integrated(torch.randn(2, 3, img_size, img_size)))
-    head = model.box_generator.bbox_head
-    for conv_obj, conv_cls in zip(head.multi_level_conv_obj, head.multi_level_conv_cls):
-        torch.nn.init.constant_(conv_obj.bias, 1.0)
-        torch.nn.init.constant_(conv_cls.bias, 0.0)
+    make_head_fire(model.box_generator.bbox_head)
     return model
+
+
+def make_head_fire(head: torch.nn.Module, weight_scale: float = 1.0) -> None:
+    """Bias a random YOLOX head's objectness up (and classes to neutral) so it detects; ``weight_scale`` < 1 shrinks
+    the predictor weights so that scores stay apart instead of saturating at 1."""
+    with torch.no_grad():
+        for conv_obj, conv_cls in zip(head.multi_level_conv_obj, head.multi_level_conv_cls):
+            conv_obj.weight.mul_(weight_scale)
+            conv_cls.weight.mul_(weight_scale)
+            torch.nn.init.constant_(conv_obj.bias, 1.0)
+            torch.nn.init.constant_(conv_cls.bias, 0.0)
 
 
 @pytest.fixture(scope="module")
