@@ -43,7 +43,7 @@ MultimaskOutput = Union[bool, int, None]
 
 
 def _resolve_model(
-    model_or_name: Union[str, nn.Module],
+    model_or_name: Union[str, nn.Module, None],
     checkpoint: Optional[Union[str, Path]],
     img_size: Optional[int],
 ) -> nn.Module:
@@ -54,7 +54,9 @@ def _resolve_model(
         if img_size is not None and int(img_size) != own_size:
             raise ValueError(f"img_size={img_size} differs from the model's own img_size {own_size}; rebuild the model")
         return model_or_name.eval()
-    if not isinstance(model_or_name, str):
+    if model_or_name is None and checkpoint is None:
+        raise ValueError("give a zoo model name, a checkpoint that records one, or both")
+    if model_or_name is not None and not isinstance(model_or_name, str):
         raise TypeError(f"model_or_name must be a zoo name or an nn.Module, got {type(model_or_name).__name__}")
     from ..models.zoo import build_model
 
@@ -71,7 +73,7 @@ def interactive_paths(out_path: Union[str, Path]) -> tuple[Path, Path]:
 
 
 def export_onnx(
-    model_or_name: Union[str, nn.Module],
+    model_or_name: Union[str, nn.Module, None],
     out_path: Union[str, Path],
     *,
     checkpoint: Optional[Union[str, Path]] = None,
@@ -88,7 +90,8 @@ def export_onnx(
     """Export a model to ONNX and return the files written.
 
     Args:
-        model_or_name: a zoo name (built with :func:`powersam.models.zoo.build_model`) or a built model.
+        model_or_name: a zoo name (built with :func:`powersam.models.zoo.build_model`), a built model, or None
+            with a ``checkpoint`` that records its model name.
         out_path: the ``.onnx`` file (integrated), or see :func:`interactive_paths`.
         checkpoint: weights for a zoo name (strict loading).
         img_size: network input side S for a zoo name (default 1024); a module keeps its own (a different value
@@ -343,7 +346,8 @@ def _parse_multimask(text: str) -> MultimaskOutput:
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``powersam export``."""
-    parser.add_argument("--model", required=True, help="zoo name (see `powersam models`)")
+    parser.add_argument("--model", default=None, help="zoo name (see `powersam models`); optional with a checkpoint "
+                        "written by powersam, which records it")
     parser.add_argument("--checkpoint", type=Path, default=None, help="weights to load (strict)")
     parser.add_argument("--format", default="onnx", choices=sorted(EXPORT_FORMATS), help="export format (default onnx)")
     parser.add_argument("--out", type=Path, required=True, help="output .onnx file (with --interactive: X.onnx gives "
