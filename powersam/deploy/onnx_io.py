@@ -9,7 +9,7 @@ from typing import Union
 
 import onnx
 
-__all__ = ["EXTERNAL_DATA_BYTES", "external_data_path", "save_onnx"]
+__all__ = ["EXTERNAL_DATA_BYTES", "external_data_path", "is_large_graph", "save_onnx"]
 
 # Below protobuf's hard 2 GiB limit, with room for the graph itself.
 EXTERNAL_DATA_BYTES = 1792 * 2**20
@@ -19,6 +19,14 @@ def external_data_path(path: Union[str, Path]) -> Path:
     """Where :func:`save_onnx` puts the weights of a large graph: ``X.onnx`` → ``X.onnx.data``."""
     path = Path(path)
     return path.with_name(path.name + ".data")
+
+
+def is_large_graph(path: Union[str, Path]) -> bool:
+    """Whether the graph at ``path`` (with its ``.data`` file, if any) is past :data:`EXTERNAL_DATA_BYTES`, where
+    tools must read and write its weights as external data."""
+    path = Path(path)
+    data = external_data_path(path)
+    return path.stat().st_size + (data.stat().st_size if data.is_file() else 0) > EXTERNAL_DATA_BYTES
 
 
 def _tensor_bytes(model: onnx.ModelProto) -> int:

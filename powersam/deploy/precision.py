@@ -154,10 +154,9 @@ def _load_with_types(src: Path) -> tuple[onnx.ModelProto, bool]:
     the file (in-memory inference cannot serialise them). Returns ``(model, types already inferred)``."""
     import tempfile
 
-    from .onnx_io import EXTERNAL_DATA_BYTES, external_data_path
+    from .onnx_io import is_large_graph
 
-    data = external_data_path(src)
-    if src.stat().st_size + (data.stat().st_size if data.is_file() else 0) <= EXTERNAL_DATA_BYTES:
+    if not is_large_graph(src):
         return onnx.load(str(src)), False
     with tempfile.TemporaryDirectory(prefix=".fp16-", dir=src.parent) as scratch:
         typed = Path(scratch) / "typed.onnx"

@@ -56,7 +56,7 @@ from ..io import ImageSource, list_images, load_image
 from ..runtime.preprocess import detector_feeds, preprocess_image
 from .metadata import KEY_PREFIX, GraphMetadata
 from .onnx_graph import descendants, nms_nodes, upstream_to
-from .onnx_io import EXTERNAL_DATA_BYTES, external_data_path, save_onnx
+from .onnx_io import is_large_graph, save_onnx
 
 logger = logging.getLogger(__name__)
 
@@ -275,7 +275,7 @@ def quantize_onnx(
     reader = ImageCalibrationReader(images, metadata, max_det=1)
     del source
     # Past protobuf's 2 GiB (SAM ViT-H), ONNX Runtime's tools must keep the weights in external data files too.
-    large = src.stat().st_size + _size_or_zero(external_data_path(src)) > EXTERNAL_DATA_BYTES
+    large = is_large_graph(src)
     with tempfile.TemporaryDirectory(prefix="powersam-quant-") as work:
         prepared = _pre_process(src, Path(work) / "prepared.onnx", large)
         nodes = select_nodes_to_quantize(onnx.load(str(prepared), load_external_data=False), metadata.graph)
@@ -334,10 +334,6 @@ def _pre_process(src: Path, out: Path, large: bool = False) -> Path:
     finally:
         os.chdir(previous)
     return out
-
-
-def _size_or_zero(path: Path) -> int:
-    return path.stat().st_size if path.is_file() else 0
 
 
 def _write_metadata(path: Path, dst: Path, props: dict[str, str], record: str) -> None:

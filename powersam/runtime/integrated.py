@@ -8,7 +8,8 @@ import numpy as np
 
 from ..io import load_image
 from ..results import Results
-from .preprocess import axis_scales, detector_feeds, preprocess_image, upsample_masks
+from .preprocess import axis_scales, preprocess_image, upsample_masks
+from .preprocess import detector_feeds as decoupled_detector_feeds
 from .session import GraphSession
 
 __all__ = ["OnnxPowerSAM"]
@@ -52,7 +53,7 @@ class OnnxPowerSAM:
     def detector_feeds(self, rgb: np.ndarray, input_size: Sequence[int]) -> dict[str, np.ndarray]:
         """A decoupled graph's extra inputs: ``det_image`` (long side resized to D, letterboxed with 114, raw 0–255)
         and ``box_scale`` (detector-input → segmenter-input box factors); empty for an integrated graph."""
-        return {} if self.det_size is None else detector_feeds(rgb, int(self.det_size), input_size)
+        return {} if self.det_size is None else decoupled_detector_feeds(rgb, int(self.det_size), input_size)
 
     def run_graph(
         self, image: np.ndarray, input_size: Sequence[int], conf: float, iou: float, max_det: int,

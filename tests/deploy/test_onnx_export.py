@@ -428,7 +428,6 @@ def test_graphs_past_the_protobuf_limit_keep_their_weights_beside(model, image, 
     single_file = export_onnx(model, tmp_path / "small", interactive=True)[0]
     assert not onnx_io.external_data_path(single_file).exists()
     monkeypatch.setattr(onnx_io, "EXTERNAL_DATA_BYTES", 2**20)
-    monkeypatch.setattr(quantize, "EXTERNAL_DATA_BYTES", 2**20)
     encoder, decoder = export_onnx(model, tmp_path / "pair", interactive=True)
     assert sorted(p.name for p in (tmp_path / "pair").iterdir()) == [
         "decoder.onnx", "decoder.onnx.data", "encoder.onnx", "encoder.onnx.data"]
