@@ -51,6 +51,24 @@ class TrainingInterrupted(KeyboardInterrupt):
     """Raised after a signal-requested stop once ``last.pt`` has been written."""
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AVX-512 BF16 or AMX), as oneDNN reports it."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def amp_pays_off(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether autocast to ``dtype`` on ``device`` speeds training up. On a CPU without native bfloat16 every
+    bf16 convolution is emulated: measured 13x slower than float32 for the demo teacher's step on an AVX2 EPYC
+    (43 s against 3.3 s), so such CPUs train in float32 (logged once)."""
+    if device.type != "cpu" or dtype != torch.bfloat16 or cpu_has_native_bf16():
+        return True
+    logger.warning("amp requested, but this CPU has no native bfloat16 (no AVX-512 BF16 / AMX): training in float32")
+    return False
+
+
 class Trainer:
     """Epoch-based trainer; see the module docstring. Subclass and override :meth:`train_step`,
     :meth:`set_train_mode` or :meth:`extra_state` / :meth:`load_extra_state` where a stage needs to.
@@ -127,8 +145,8 @@ class Trainer:
         first_param = next(unwrap_model(model).parameters(), None)
         self.device = torch.device(device) if device is not None else (first_param.device if first_param is not None else torch.device("cpu"))
         self.dist = pdist.get_dist_info(self.device)
-        self.amp = amp
         self.amp_dtype = amp_dtype or (torch.float16 if self.device.type == "cuda" else torch.bfloat16)
+        self.amp = amp and amp_pays_off(self.device, self.amp_dtype)
         use_scaler = amp and self.amp_dtype == torch.float16
         if hasattr(torch.amp, "GradScaler"):
             self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
