@@ -104,10 +104,16 @@ def build_parser() -> argparse.ArgumentParser:
     from .train.distill_decoder import add_decoder_arguments, run_decoder
     from .train.distill_encoder import add_encoder_arguments, run_encoder
     from .train.embed_cache import add_cache_arguments, run_cache
+    from .train.pretrain import (add_synth_student_arguments, add_synth_teacher_arguments, run_synth_student,
+                                 run_synth_teacher)
     from .train.teacher import add_teacher_arguments, run_teacher
 
     for name, help_text, add, run in (
         ("teacher", "stage 0: fine-tune a SAM teacher, or train a small one from scratch", add_teacher_arguments, run_teacher),
+        ("synth-teacher", "pretrain a SAM-architecture teacher on procedural scenes rendered on the fly",
+         add_synth_teacher_arguments, run_synth_teacher),
+        ("synth-student", "pre-distil a student encoder from a teacher on procedural scenes rendered on the fly",
+         add_synth_student_arguments, run_synth_student),
         ("cache", "store the teacher's image embeddings on disk (float16, memory-mapped, resumable)", add_cache_arguments, run_cache),
         ("encoder", "stage 1: distil the teacher's image embeddings into RepViT", add_encoder_arguments, run_encoder),
         ("decoder", "stage 2: distil the mask decoder with box prompts and refinement clicks", add_decoder_arguments, run_decoder),

@@ -65,7 +65,12 @@ class CheckpointMismatchError(CheckpointError):
 
 
 def _load_payload(path: str | os.PathLike) -> Any:
-    """Whatever object the file holds, loaded without running pickled code."""
+    """Whatever object the file holds, loaded without running pickled code; a shipped name (``synth``, …) gives
+    the hash-checked weights inside the package as a PowerSAM payload (:mod:`powersam.weights`)."""
+    from ..weights import is_shipped_name, shipped_payload
+
+    if is_shipped_name(path):
+        return shipped_payload(os.fspath(path))
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint file not found: {path}")

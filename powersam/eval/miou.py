@@ -54,7 +54,7 @@ def step_keys(prompts: Sequence[str], refine_iters: int) -> list[str]:
     return [mode if step == 0 else f"{mode}+{step}" for mode in prompts for step in range(refine_iters + 1)]
 
 
-def _size_bucket(area: float) -> str:
+def size_bucket(area: float) -> str:
     return next(name for name, upper in SIZE_BUCKETS if area < upper)
 
 
@@ -264,7 +264,7 @@ def evaluate_miou(
 
     ious = {k: np.concatenate(v) if v else np.zeros(0) for k, v in collected.items()}
     labels = np.concatenate(all_labels).astype(np.int64) if all_labels else np.zeros(0, np.int64)
-    buckets = np.array([_size_bucket(a) for a in np.concatenate(all_areas)]) if all_areas else np.zeros(0, str)
+    buckets = np.array([size_bucket(a) for a in np.concatenate(all_areas)]) if all_areas else np.zeros(0, str)
     name_of = (lambda i: class_names[i]) if class_names else str
     per_class, class_counts = {}, {}
     for label in np.unique(labels):

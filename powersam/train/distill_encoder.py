@@ -93,6 +93,8 @@ def load_repvit_init(encoder: nn.Module, checkpoint: Path) -> dict[str, Any]:
     from ..models.repvit import convert_new_format_repvit
 
     state = read_checkpoint(checkpoint)
+    if any(k.startswith("image_encoder.") for k in state) and any(k.startswith("mask_decoder.") for k in state):
+        state = {k: v for k, v in state.items() if k.startswith("image_encoder.")}  # a whole SAM: its encoder
     for prefix in ("image_encoder.", "backbone."):
         if state and all(k.startswith(prefix) for k in state):
             state = {k[len(prefix):]: v for k, v in state.items()}
@@ -157,7 +159,7 @@ def heldout_embedding_mse(encoder: nn.Module, teacher: nn.Module, dataset: Any, 
     return total / max(count, 1)
 
 
-def _copy_decoder(sam: nn.Module, teacher: nn.Module) -> None:
+def copy_decoder(sam: nn.Module, teacher: nn.Module) -> None:
     for part in ("prompt_encoder", "mask_decoder"):
         try:
             getattr(sam, part).load_state_dict(getattr(teacher, part).state_dict())
@@ -190,7 +192,7 @@ def distill_encoder(cfg: EncoderDistillConfig, resume: bool = False) -> Path:
         notes.append(f"encoder init from {cfg.init_checkpoint}: {len(report['loaded'])} tensors loaded, "
                      f"{len(report['missing'])} left at init")
     if cfg.copy_decoder_from_teacher:
-        _copy_decoder(sam, teacher)
+        copy_decoder(sam, teacher)
         notes.append("prompt encoder and mask decoder copied from the teacher")
     sam.to(info.device)
     heldout = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from powersam.data.coco import CocoInstances
@@ -25,7 +26,8 @@ def test_rectangle_scores_one_and_triangle_one_half(tmp_path):
         ],
     }
     (tmp_path / "annotations.json").write_text(json.dumps(coco))
-    ious = load_script("box_as_mask_miou").box_as_mask_ious(CocoInstances(tmp_path))
+    ious, areas = load_script("box_as_mask_miou").box_as_mask_ious(CocoInstances(tmp_path))
+    assert list(areas) == [200, pytest.approx(200, rel=0.15)]
     assert ious.shape == (2,)
     assert ious[0] > 0.99
     assert 0.45 < ious[1] < 0.6  # rasterised triangle: about half the box

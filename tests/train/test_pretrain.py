@@ -1,0 +1,96 @@
+"""``powersam train synth-teacher``: teacher pretraining on scenes rendered on the fly."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from powersam.checkpoint import read_powersam_checkpoint
+from powersam.train.metrics import read_metrics
+from powersam.train.pretrain import (SynthStudentConfig, SynthTeacherConfig, pretrain_student, pretrain_teacher,
+                                     teacher_from_training_state)
+from powersam.train.teacher import TeacherObjective
+
+
+def tiny_config(out, **overrides) -> SynthTeacherConfig:
+    settings = dict(img_size=64, scene_height=64, scene_width=80, max_objects=3, size_jitter=0.0, epochs=2,
+                    iters_per_epoch=2, batch_size=2, lr=1e-3, warmup_epochs=0, num_workers=0, progress=False,
+                    plot=False, log_every=1, output_dir=out)
+    settings.update(overrides)
+    return SynthTeacherConfig(**settings)
+
+
+def test_pretraining_writes_a_teacher_that_records_its_scenes(tmp_path):
+    path = pretrain_teacher(tiny_config(tmp_path / "a"))
+    payload = read_powersam_checkpoint(path)
+    meta = payload["meta"]
+    assert payload["model_name"] == "edgesam" and meta["stage"] == "synth_teacher" and meta["from_scratch"]
+    assert meta["steps"] == meta["total_steps"] == 4 and meta["next_scene_offset"] == 8
+    records = read_metrics(tmp_path / "a" / "metrics.jsonl")
+    assert len(records) == 4 and all(torch.isfinite(torch.tensor(r["loss"])) for r in records)
+
+
+def test_a_continued_run_starts_from_the_earlier_teacher_and_counts_its_steps(tmp_path):
+    first = pretrain_teacher(tiny_config(tmp_path / "a"))
+    again = pretrain_teacher(tiny_config(tmp_path / "b", init_checkpoint=str(first), scene_offset=8, epochs=1,
+                                         lr=1e-12, min_lr=1e-12))
+    before, after = read_powersam_checkpoint(first), read_powersam_checkpoint(again)
+    assert after["meta"]["total_steps"] == 6 and after["meta"]["next_scene_offset"] == 12
+    assert not after["meta"]["from_scratch"]
+    # a negligible learning rate: the continued teacher is the first one, so it was loaded, not re-initialised
+    for key, value in before["state_dict"].items():
+        if value.is_floating_point() and "running" not in key:
+            assert torch.allclose(value, after["state_dict"][key], atol=1e-5), key
+
+
+def test_interrupted_pretraining_resumes_bit_identically(tmp_path, monkeypatch):
+    straight = read_powersam_checkpoint(pretrain_teacher(tiny_config(tmp_path / "straight")))["state_dict"]
+    forward, calls = TeacherObjective.forward, []
+
+    def interrupt_at_third_step(self, batch):
+        calls.append(1)
+        if len(calls) == 3:  # mid-epoch 2: the trainer saves last.pt and stops
+            raise KeyboardInterrupt
+        return forward(self, batch)
+
+    monkeypatch.setattr(TeacherObjective, "forward", interrupt_at_third_step)
+    with pytest.raises(KeyboardInterrupt):  # saved before re-raising
+        pretrain_teacher(tiny_config(tmp_path / "resumed"))
+    monkeypatch.setattr(TeacherObjective, "forward", forward)
+    resumed = read_powersam_checkpoint(pretrain_teacher(tiny_config(tmp_path / "resumed"), resume=True))["state_dict"]
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_an_interrupted_run_still_yields_a_teacher(tmp_path, monkeypatch):
+    forward = TeacherObjective.forward
+    calls = []
+
+    def interrupt_at_fourth_step(self, batch):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return forward(self, batch)
+
+    monkeypatch.setattr(TeacherObjective, "forward", interrupt_at_fourth_step)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain_teacher(tiny_config(tmp_path))
+    payload = read_powersam_checkpoint(teacher_from_training_state(tmp_path))
+    assert payload["meta"]["steps"] == 3 and payload["meta"]["next_scene_offset"] == 6
+    assert payload["model_name"] == "edgesam" and all(k.startswith(("image_encoder.", "prompt_encoder.", "mask_decoder."))
+                                                        for k in payload["state_dict"])
+
+
+def test_student_distillation_on_streamed_scenes_lowers_the_embedding_error(tmp_path):
+    teacher = pretrain_teacher(tiny_config(tmp_path / "teacher", epochs=1))
+    cfg = SynthStudentConfig(teacher_checkpoint=str(teacher), img_size=64, scene_height=64, scene_width=80,
+                             max_objects=3, size_jitter=0.0, epochs=3, iters_per_epoch=4, batch_size=2, lr=3e-3,
+                             warmup_epochs=0, num_workers=0, progress=False, plot=False, log_every=1,
+                             output_dir=tmp_path / "student")
+    path = pretrain_student(cfg)
+    payload = read_powersam_checkpoint(path)
+    assert payload["model_name"] == "powersam_s" and payload["meta"]["steps"] == 12
+    teacher_state = read_powersam_checkpoint(teacher)["state_dict"]
+    for key, value in payload["state_dict"].items():  # the decoder is the teacher's
+        if key.startswith("mask_decoder."):
+            assert torch.equal(value, teacher_state[key]), key
+    losses = [r["loss"] for r in read_metrics(tmp_path / "student" / "metrics.jsonl")]
+    assert sum(losses[-4:]) < sum(losses[:4])
