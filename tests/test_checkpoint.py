@@ -551,3 +551,19 @@ def test_restricted_unpickler_refuses_globals_without_importing(tmp_path: Path) 
     result = unpickler.load()
     assert isinstance(result, type) and issubclass(result, ckpt_convert._Placeholder)
     assert any(name.endswith(".system") for name in unpickler.refused_globals)
+
+
+def test_a_writer_killed_mid_write_leaves_no_temp_file_after_the_next_save(tmp_path: Path) -> None:
+    import subprocess
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)  # a process that has exited: its temp file is an orphan of a `kill -9`
+    orphan = tmp_path / f".last.pt.{dead_pid}.0123456789ab.tmp"
+    orphan.write_bytes(b"")
+    other_target = tmp_path / f".other.pt.{dead_pid}.0123456789ab.tmp"
+    other_target.write_bytes(b"")
+    live = tmp_path / f".last.pt.{os.getppid()}.0123456789ab.tmp"  # a live writer's file is left alone
+    live.write_bytes(b"")
+    ckpt_io_module.atomic_write(tmp_path / "last.pt", lambda handle: handle.write(b"x"))
+    assert (tmp_path / "last.pt").read_bytes() == b"x"
+    assert not orphan.exists() and live.exists() and other_target.exists()

@@ -246,7 +246,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
     directory = path.parent
     directory.mkdir(parents=True, exist_ok=True)
     while True:  # O_EXCL: never clobber another writer's temp file; 0o666 lets the umask decide the mode
-        tmp = directory / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        tmp = directory / f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
             break
@@ -262,7 +262,27 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
         tmp.unlink(missing_ok=True)
         raise
     _fsync_directory(directory)
+    _remove_orphaned_temporaries(path)
     return path
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists but is not ours, or cannot tell: leave its file alone
+    return True
+
+
+def _remove_orphaned_temporaries(path: Path) -> None:
+    """Delete temp files for ``path`` left by writers that died mid-write (``kill -9``): their PID is gone."""
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(\d+)\.[0-9a-f]+\.tmp$")
+    for candidate in path.parent.glob(f".{path.name}.*.tmp"):
+        match = pattern.match(candidate.name)
+        if match and int(match.group(1)) != os.getpid() and not _process_alive(int(match.group(1))):
+            candidate.unlink(missing_ok=True)
 
 
 def _plain_tensor(tensor: Tensor) -> Tensor:

@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor, nn
 
 from .identify import _identify
-from .io import CheckpointMismatchError
+from .io import CheckpointError, CheckpointMismatchError
 
 __all__ = ["LoadReport", "load_state_dict_strict"]
 
@@ -148,6 +149,29 @@ def _mismatch_message(
     return "\n".join(lines)
 
 
+# Trained weights, BatchNorm statistics and buffers stay many orders of magnitude below this; random bytes written
+# over a float32 tensor give NaN, inf or values up to 3.4e38.
+IMPLAUSIBLE_MAGNITUDE = 1e15
+
+
+def check_weight_values(state_dict: Mapping[str, Tensor], source: str) -> None:
+    """CheckpointError naming the tensors that hold NaN, ±inf or implausibly large values (a damaged file:
+    it would load, then give NaN scores and empty masks without any error)."""
+    bad = []
+    for key, value in state_dict.items():
+        if not value.is_floating_point() or value.numel() == 0:
+            continue
+        finite = torch.isfinite(value)
+        if not bool(finite.all()):
+            bad.append(f"{key} ({int((~finite).sum())} NaN/inf values)")
+        elif float(value.abs().max()) > IMPLAUSIBLE_MAGNITUDE:
+            bad.append(f"{key} (|value| up to {float(value.abs().max()):.3g})")
+    if bad:
+        raise CheckpointError(f"{source}: {len(bad)} tensors hold NaN, inf or implausible values, so the file is "
+                              f"damaged (or was saved from a diverged run): " + "; ".join(bad[:5])
+                              + (" …" if len(bad) > 5 else ""))
+
+
 def load_state_dict_strict(
     model: nn.Module,
     state_dict: Mapping[str, Tensor],
@@ -204,6 +228,7 @@ def load_state_dict_strict(
                                     partial_optional)
         raise CheckpointMismatchError(message, missing, unexpected, wrong_shape)
 
+    check_weight_values(file_state, source)
     converted = [k for k, v in file_state.items() if v.dtype != expected[k].dtype]
     result = model.load_state_dict(file_state, strict=False)
     # Modules with custom _load_from_state_dict hooks could still disagree; never let that pass silently.

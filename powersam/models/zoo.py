@@ -286,7 +286,9 @@ def build_model(
         if widths is None:
             widths = infer_widths(payload["state_dict"])
             img_size = int(widths.pop("img_size", img_size))
-    ignore = ("fpn.", "rpn_head.")
+    ignore: tuple[str, ...] = ("fpn.", "rpn_head.")
+    if not with_detector:  # the interactive part of a detect-and-segment checkpoint: its detector is reported, unused
+        ignore += ("box_generator.", "detector.")
     if spec.encoder.startswith("sam2_hiera"):
         from .sam2 import SAM2_VIDEO_PREFIXES, convert_sam2_state_dict
 

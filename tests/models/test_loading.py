@@ -149,3 +149,24 @@ def test_pruned_vit_rebuilds_from_a_plain_state_dict_and_from_its_own_checkpoint
         torch.testing.assert_close(again.image_encoder(x), pruned.image_encoder(x))
     with pytest.raises(ValueError, match="needs per-block widths"):
         build_model("slimsam_custom", img_size=IMG)
+
+
+def test_a_detect_and_segment_checkpoint_loads_as_its_interactive_part(source, tmp_path):
+    # The README's interactive example on a checkpoint the pipeline writes (it holds the box generator too).
+    path = save_checkpoint(tmp_path / "trained.pt", source.state_dict(), model_name="powersam_s",
+                           model_config={"img_size": IMG})
+    model = build_model("powersam_s", checkpoint=path, with_detector=False)
+    assert not hasattr(model, "box_generator")
+    assert any(k.startswith("box_generator.") for k in model.load_report.ignored_keys)
+    for key, value in _sam_state(source).items():
+        assert torch.equal(model.state_dict()[key], value), key
+
+
+@pytest.mark.parametrize("bad_value", [float("inf"), float("nan"), 3.4e38])
+def test_damaged_weights_are_refused_naming_the_tensor(source, tmp_path, bad_value):
+    state = {k: v.clone() for k, v in _sam_state(source).items()}
+    key = "mask_decoder.iou_prediction_head.layers.0.weight"
+    state[key].view(-1)[17] = bad_value  # what 4 KB of random bytes written into a .pt file does
+    torch.save(state, tmp_path / "damaged.pth")
+    with pytest.raises(CheckpointError, match=r"damaged.*iou_prediction_head\.layers\.0\.weight"):
+        build_model("powersam_s", checkpoint=tmp_path / "damaged.pth", img_size=IMG)
