@@ -301,8 +301,14 @@ class CocoInstances:
             masks = decode_rle_masks([i.rle for i in entry.instances], entry.height, entry.width)
             ignore_mask = decode_rle_masks([i.rle for i in entry.crowd], entry.height, entry.width).any(axis=0)
         if (height, width) != (entry.height, entry.width):
-            # The JSON was made for a resized (or differently rotated) image: stretch the annotations to the
-            # pixels we have rather than fail; `powersam data check` reports it as an error.
+            # The JSON was made for a uniformly resized image: stretch the annotations to the pixels we have rather
+            # than fail; `powersam data check` reports it. Another aspect ratio means the JSON's width/height are
+            # wrong, and stretching would silently misplace every mask.
+            if abs(width / entry.width - height / entry.height) > 0.01 * max(width / entry.width, height / entry.height):
+                raise ValueError(
+                    f"image {entry.image_id} ('{entry.path}') is {width}×{height} pixels but its JSON record says "
+                    f"width={entry.width}, height={entry.height} (another aspect ratio, so not a resize): fix the "
+                    f"'width'/'height' fields of image id {entry.image_id} in {self.annotation_file}")
             if entry.image_id not in self._warned_sizes:
                 self._warned_sizes.add(entry.image_id)
                 warnings.warn(

@@ -34,7 +34,9 @@ def _add_common_arguments(parser: argparse.ArgumentParser, several_models: bool 
                             help="weights to load (an official file, or one written by powersam)")
     parser.add_argument("--data", type=Path, required=True, help="COCO dataset folder or annotation JSON")
     parser.add_argument("--images-dir", type=Path, default=None, help="folder the JSON's file_name entries are relative to")
-    parser.add_argument("--split", choices=_SPLITS, default="val", help="dataset split (default val; 'all' = every image)")
+    parser.add_argument("--split", choices=_SPLITS, default="all",
+                        help="images to evaluate: all (default: everything the dataset holds), or the 'train' / 'val' "
+                             "part of the deterministic hash split the training stages use")
     parser.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images")
     parser.add_argument("--img-size", type=int, default=None, help="network input size (default 1024, or the checkpoint's)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
@@ -81,7 +83,26 @@ def _open_dataset(args: argparse.Namespace) -> Any:
         raise ValueError("give --model NAME, --checkpoint FILE, or both")
 
     split = None if args.split == "all" else args.split
-    return CocoInstances(args.data, images_dir=args.images_dir, split=split, load_masks=True)
+    dataset = CocoInstances(args.data, images_dir=args.images_dir, split=split, load_masks=True)
+    if split is None:
+        print(f"evaluating all {len(dataset)} images of {args.data}", flush=True)
+    else:  # say loudly that this is a subset
+        total = len(CocoInstances(args.data, images_dir=args.images_dir, split=None, load_masks=False))
+        print(f"evaluating the '{split}' split only: {len(dataset)} of the {total} images of {args.data} "
+              f"(--split all evaluates every image)", flush=True)
+    return dataset
+
+
+def _check_evaluated(result: dict[str, Any], what: str) -> Optional[str]:
+    """Why a finished evaluation must not exit 0 (nothing evaluated, or images that failed), else None."""
+    failed = result.get("failed_images") or []
+    if result.get(what, 0) == 0:
+        first = f"; the first image failed with {failed[0]['error']}" if failed else ""
+        return (f"nothing was evaluated: 0 {what.replace('num_', '')} in {result.get('num_images', 0)} images"
+                f"{first}")
+    if failed:
+        return f"{len(failed)} image(s) failed and were left out (listed above)"
+    return None
 
 
 def _build(args: argparse.Namespace, **kwargs: Any) -> Any:
@@ -120,8 +141,9 @@ def _per_model_path(out_dir: Path, name: str) -> Path:
     return out_dir / f"{name}_miou.json"
 
 
-def _finish(args: argparse.Namespace, result: dict[str, Any], report: str, model: Any) -> int:
+def _finish(args: argparse.Namespace, result: dict[str, Any], report: str, model: Any, counted: str) -> int:
     print(report)
+    problem = _check_evaluated(result, counted)
     out_dir = getattr(args, "out", None)
     if args.json is not None or out_dir is not None:
         payload = _payload(args, getattr(model, "model_name", args.model), args.checkpoint, result)
@@ -129,6 +151,9 @@ def _finish(args: argparse.Namespace, result: dict[str, Any], report: str, model
             _write_json(args.json, payload)
         if out_dir is not None:
             _write_json(_per_model_path(out_dir, payload["model"] or "model"), payload)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -196,7 +221,7 @@ def run_miou(args: argparse.Namespace) -> int:
             dataset = _open_dataset(args)
             model = _exported_predictor(args)
             result = evaluate_miou(model, dataset, **_miou_kwargs(args))
-            return _finish(args, result, format_miou_report(result), model)
+            return _finish(args, result, format_miou_report(result), model, "num_instances")
         names, checkpoints = _miou_models(args)
         if len(names) > 1:
             return _run_miou_several(args, names, checkpoints)
@@ -205,7 +230,7 @@ def run_miou(args: argparse.Namespace) -> int:
         dataset = _open_dataset(args)
         model = _build(args)
         result = evaluate_miou(model, dataset, **_miou_kwargs(args))
-        return _finish(args, result, format_miou_report(result), model)
+        return _finish(args, result, format_miou_report(result), model, "num_instances")
     except (ValueError, TypeError, FileNotFoundError, RuntimeError, OSError) as err:
         return _fail(err)
 
@@ -233,6 +258,10 @@ def _run_miou_several(args: argparse.Namespace, names: list[str], checkpoints: d
             failed[name] = f"{type(err).__name__}: {err}"
             print(f"error: {name}: {failed[name]}", file=sys.stderr, flush=True)
         else:
+            problem = _check_evaluated(result, "num_instances")
+            if problem:
+                failed[name] = problem
+                print(f"error: {name}: {problem}", file=sys.stderr, flush=True)
             results[name] = _payload(args, getattr(model, "model_name", name), checkpoint, result)
             values = "  ".join(f"{k} {'-' if v is None else f'{v:.1f}'}" for k, v in result["miou"].items())
             print(f"  {values}  ({result['num_instances']} instances, {result['num_images']} images"
@@ -299,6 +328,6 @@ def run_det(args: argparse.Namespace) -> int:
             model, dataset, max_images=args.max_images, conf=args.conf, iou=args.iou, max_det=args.max_det,
             progress=not args.no_progress, verbose=args.verbose_coco,
         )
-        return _finish(args, result, format_detection_report(result), model)
+        return _finish(args, result, format_detection_report(result), model, "num_annotations")
     except (ValueError, TypeError, FileNotFoundError, RuntimeError, OSError) as err:
         return _fail(err)

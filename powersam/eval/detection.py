@@ -258,7 +258,8 @@ def evaluate_detection(
         for cat_id, values in metrics.pop("per_category").items():
             per_class[name_of[cat_id]].update({f"{iou_type}_{k}": v for k, v in values.items()})
         out[iou_type] = metrics
-    out.update(per_class=per_class, num_images=len(images), num_detections=len(detections), failed_images=failed)
+    out.update(per_class=per_class, num_images=len(images), num_detections=len(detections), failed_images=failed,
+               num_annotations=sum(1 for a in annotations if not a.get("iscrowd")))
     return out
 
 

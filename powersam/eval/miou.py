@@ -174,7 +174,7 @@ def _evaluate_image(
                 per_step[step].append(values)
         for step, key in enumerate(step_keys([mode], refine_iters)):
             results[key] = np.concatenate(per_step[step]) if per_step[step] else np.zeros(0)
-    areas = gt_all.reshape(len(keep), -1).sum(axis=1).astype(np.float64)
+    areas = gt_all.reshape(len(keep), -1).sum(axis=1).astype(np.float64) if len(keep) else np.zeros(0)
     return results, np.asarray(sample.labels)[keep], areas
 
 

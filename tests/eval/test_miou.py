@@ -353,3 +353,60 @@ def test_cli_model_list_errors_come_before_reading_data(tmp_path, capsys, argv, 
     assert run_miou(_parse([*argv, "--data", str(tmp_path / "no_such_data"), "--no-progress"])) == 1
     err = capsys.readouterr().err
     assert message in err and "no_such_data" not in err
+
+
+# ---------------------------------------------------------------------------------------------- nothing silent
+def _edit_annotations(root, edit):
+    path = root / "annotations.json"
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+def test_background_images_are_evaluated_not_failed(tmp_path, tiny_model):
+    root = generate_dataset(tmp_path / "ds", 3, seed=2, image_size=(96, 128))
+    _edit_annotations(root, lambda d: d.update(annotations=[a for a in d["annotations"] if a["image_id"] != 2]))
+    result = evaluate_miou(tiny_model, CocoInstances(root), prompts="box", refine_iters=0, progress=False)
+    assert result["failed_images"] == [] and result["num_images"] == 3 and result["num_instances"] > 0
+
+
+def test_cli_evaluates_every_image_by_default_and_says_so(synth_root, capsys):
+    assert run_miou(_parse(["--model", "edgesam", "--data", str(synth_root), "--img-size", "64", "--prompts", "box",
+                            "--refine", "0", "--no-progress"])) == 0
+    out = capsys.readouterr().out
+    assert "evaluating all 3 images" in out
+    assert run_miou(_parse(["--model", "edgesam", "--data", str(synth_root), "--img-size", "64", "--prompts", "box",
+                            "--refine", "0", "--no-progress", "--split", "val"])) in (0, 1)
+    assert "the 'val' split only" in capsys.readouterr().out
+
+
+def test_cli_fails_when_nothing_was_evaluated(tmp_path, capsys):
+    root = generate_dataset(tmp_path / "ds", 2, seed=0, image_size=(96, 128))
+    for image in (root / "images").iterdir():
+        image.unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        code = run_miou(_parse(["--model", "edgesam", "--data", str(root), "--img-size", "64", "--no-progress"]))
+    assert code == 1
+    assert "error" in capsys.readouterr().err
+
+
+def test_wrong_width_height_in_the_json_is_an_error_naming_the_fields(tmp_path, capsys):
+    root = generate_dataset(tmp_path / "ds", 2, seed=0, image_size=(96, 128))
+    _edit_annotations(root, lambda d: d["images"][0].update(width=200, height=96))  # not a resize: 128 wide
+    code = run_miou(_parse(["--model", "edgesam", "--data", str(root), "--img-size", "64", "--prompts", "box",
+                            "--refine", "0", "--no-progress"]))
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "width=200, height=96" in captured.out and "1 image(s) failed" in captured.err
+
+
+def test_det_fails_on_a_dataset_without_annotations(tmp_path, capsys):
+    from powersam.eval.cli import add_det_arguments, run_det
+
+    root = generate_dataset(tmp_path / "ds", 2, seed=0, image_size=(96, 128))
+    _edit_annotations(root, lambda d: d.update(annotations=[]))
+    args = add_det_arguments(argparse.ArgumentParser()).parse_args(
+        ["--model", "powersam_s", "--data", str(root), "--img-size", "64", "--no-progress"])
+    assert run_det(args) == 1
+    assert "nothing was evaluated: 0 annotations" in capsys.readouterr().err
