@@ -343,9 +343,13 @@ def _encode_rows(
 def default_cache_dir(teacher_checkpoint: Union[str, Path], cfg: Any) -> Path:
     """Where stages 1 and 2 (and ``powersam train cache``) look for the cache when none is named: next to the
     teacher checkpoint, one folder per split / input size / image subset, so both stages share it."""
+    from ..weights import is_shipped_name
+
     suffix = "" if getattr(cfg, "max_images", None) is None else f"_first{cfg.max_images}"
     split = cfg.split if cfg.split is not None else "all"
-    return Path(teacher_checkpoint).parent / f"embeddings_{split}_{cfg.img_size}{suffix}"
+    # a shipped teacher ("synth") lives inside the package: cache in the stage's output folder instead
+    folder = Path(cfg.output_dir) if is_shipped_name(teacher_checkpoint) else Path(teacher_checkpoint).parent
+    return folder / f"embeddings_{split}_{cfg.img_size}{suffix}"
 
 
 @dataclass
