@@ -255,3 +255,28 @@ def test_stage_commands_run_from_the_cli(data_root, teacher_ckpt, tmp_path, caps
     steps = [r["global_step"] for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "train"]
     assert main(argv + ["--resume"]) == 0  # a finished run resumes to the same end without training again
     assert [r["global_step"] for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "train"] == steps
+
+
+def test_stage2_learns_to_match_the_shipped_teacher(tmp_path):
+    # The student starts with the teacher's encoder and a freshly initialised decoder, so all it can learn is the
+    # teacher's decoding: its loss must fall and its agreement (mIoU) with the teacher's masks must rise.
+    from powersam.checkpoint import save_checkpoint
+    from powersam.train.teacher import sam_state_dict
+
+    data = generate_dataset(tmp_path / "ds", 6, seed=11, image_size=(96, 128))
+    torch.manual_seed(0)
+    student = build_model("edgesam", checkpoint="synth", img_size=IMG)
+    fresh = build_model("edgesam", img_size=IMG)
+    student.mask_decoder.load_state_dict(fresh.mask_decoder.state_dict())
+    start = save_checkpoint(tmp_path / "student.pt", sam_state_dict(student), "edgesam",
+                            model_config={"img_size": IMG})
+    cfg = DecoderDistillConfig(data=data, split=None, img_size=IMG, student_checkpoint=start,
+                               teacher_checkpoint="synth", cache_dir=tmp_path / "cache", epochs=6, batch_size=2,
+                               max_prompts=4, lr=2e-3, min_lr=2e-3, scale_lr=False, grad_clip=1.0,
+                               output_dir=tmp_path / "stage2", **QUIET)
+    distill_decoder(cfg)
+    records = [r for r in read_metrics(tmp_path / "stage2" / "metrics.jsonl") if r["kind"] == "train"]
+    assert len(records) == 18
+    first, last = records[:4], records[-4:]
+    assert np.mean([r["loss"] for r in last]) < 0.8 * np.mean([r["loss"] for r in first])
+    assert np.mean([r["miou"] for r in last]) > np.mean([r["miou"] for r in first]) + 0.1
