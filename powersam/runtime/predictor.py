@@ -15,7 +15,7 @@ import numpy as np
 
 from ..io import ImageSource, load_image
 from .preprocess import preprocess_image, upsample_masks
-from ..deploy.metadata import HIGH_RES_NAMES
+from .metadata import HIGH_RES_NAMES
 from .session import GraphSession
 from ..prompt_frame import PromptFrameMixin
 
