@@ -22,8 +22,11 @@ import numpy as np
 
 from ..io import ImageSource, load_image
 from ..prompt_frame import PromptFrameMixin
+from ..results import Results
 
-__all__ = ["PromptPipeline", "as_finite_float"]
+__all__ = ["PROMPT_CLASS_NAMES", "PromptPipeline", "as_finite_float", "prompt_results"]
+
+PROMPT_CLASS_NAMES: tuple[str, ...] = ("object",)
 
 Multimask = Union[bool, int]
 
@@ -195,3 +198,39 @@ class PromptPipeline(PromptFrameMixin):
             scores[start:stop] = self._to_numpy(scores_c)
             low_res[start:stop] = self._to_numpy(low_res_c)
         return masks, scores, low_res
+
+
+def _mask_box(mask: np.ndarray) -> Optional[list[float]]:
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return None
+    return [float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1)]
+
+
+def prompt_results(
+    masks: np.ndarray,
+    scores: np.ndarray,
+    boxes: Optional[np.ndarray],
+    points: Optional[np.ndarray],
+    original_size: tuple[int, int],
+) -> Results:
+    """Prompted masks as :class:`Results` of the single class ``"object"``.
+
+    Args:
+        masks: N×H×W bool, scores: N predicted IoU, boxes: the N×4 prompt boxes (original pixels) or None,
+        points: the clicks (K×2, or N×K×2) when there are no boxes.
+
+    Each result's box is its prompt box clipped to the image, or without boxes the mask's bounding box (the clicks'
+    bounding box when the mask is empty).
+    """
+    height, width = original_size
+    if boxes is not None:
+        out_boxes = np.asarray(boxes, dtype=np.float64).copy()
+        out_boxes[:, 0::2] = out_boxes[:, 0::2].clip(0, width)
+        out_boxes[:, 1::2] = out_boxes[:, 1::2].clip(0, height)
+    else:
+        clicks = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+        fallback = [*clicks.min(axis=0), *(clicks.max(axis=0) + 1)]
+        out_boxes = np.asarray([_mask_box(m) or fallback for m in masks], dtype=np.float64).reshape(-1, 4)
+    return Results(out_boxes, scores, np.zeros(len(masks), np.int64), masks, list(PROMPT_CLASS_NAMES),
+                   (height, width))
