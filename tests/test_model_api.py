@@ -227,3 +227,18 @@ def test_prompt_only_zoo_model():
     assert sam.backend == "torch" and sam.can_segment and not sam.can_detect and sam.class_names == []
     result = sam.segment(noise(40, 50), boxes=[[5, 5, 30, 30]])
     assert result.masks.shape == (1, 40, 50)
+
+
+# ------------------------------------------------------------------------------------------------ training namespace
+def test_train_namespace_survives_submodule_imports(tmp_path):
+    import powersam.train as train
+    import powersam.train.bbpg  # noqa: F401 - a submodule import must not shadow the stage functions
+    import powersam.train.teacher  # noqa: F401
+
+    assert callable(train.train_teacher) and callable(train.train_bbpg) and callable(train.run_pipeline)
+    with pytest.raises(ValueError, match="unknown training stage"):
+        train.run("stage9", {})
+    with pytest.raises(TypeError, match="TeacherConfig"):
+        train.train_teacher(42)
+    with pytest.raises(ValueError, match="no_such_field"):  # a dict is checked against the stage's dataclass
+        train.run("encoder", {"no_such_field": 1})
