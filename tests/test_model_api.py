@@ -242,3 +242,12 @@ def test_train_namespace_survives_submodule_imports(tmp_path):
         train.train_teacher(42)
     with pytest.raises(ValueError, match="no_such_field"):  # a dict is checked against the stage's dataclass
         train.run("encoder", {"no_such_field": 1})
+
+
+def test_build_model_threshold_vocabulary():
+    model = build_model("powersam_s", img_size=64, conf=0.25, iou=0.4)
+    assert (model.conf, model.iou) == (0.25, 0.4) and (model.score_thr, model.nms_iou) == (0.25, 0.4)
+    with pytest.warns(DeprecationWarning, match="score_thr"):
+        old = build_model("powersam_s", img_size=64, score_thr=0.3, nms_iou=0.5)
+    assert (old.conf, old.iou) == (0.3, 0.5)
+    assert powersam.load("powersam_s", img_size=64, conf=0.2, device="cpu").detector.detection_defaults()[0] == 0.2

@@ -52,6 +52,26 @@ class DetectSegmentModel(Sam):
         self.nms_iou = float(nms_iou)
         self.max_det = int(max_det)
 
+    # One vocabulary with predict(conf=, iou=): the attributes keep their old names (the exported graph metadata
+    # records score_thr / nms_iou, a file format), these are the names to use.
+    @property
+    def conf(self) -> float:
+        """Default score threshold of :meth:`predict` (stored as ``score_thr``)."""
+        return self.score_thr
+
+    @conf.setter
+    def conf(self, value: float) -> None:
+        self.score_thr = float(value)
+
+    @property
+    def iou(self) -> float:
+        """Default class-aware NMS IoU of :meth:`predict` (stored as ``nms_iou``)."""
+        return self.nms_iou
+
+    @iou.setter
+    def iou(self, value: float) -> None:
+        self.nms_iou = float(value)
+
     # ------------------------------------------------------------------ tensors
     @torch.no_grad()
     def segment_boxes(
