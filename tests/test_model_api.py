@@ -251,3 +251,24 @@ def test_build_model_threshold_vocabulary():
         old = build_model("powersam_s", img_size=64, score_thr=0.3, nms_iou=0.5)
     assert (old.conf, old.iou) == (0.3, 0.5)
     assert powersam.load("powersam_s", img_size=64, conf=0.2, device="cpu").detector.detection_defaults()[0] == 0.2
+
+
+def test_loading_an_export_never_imports_torch(exported):
+    import json
+    import subprocess
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import json, sys
+        import numpy as np
+        import powersam
+        model = powersam.load({str(exported[0].parent)!r}, threads=1)
+        image = np.random.default_rng(0).integers(0, 256, size=(60, 80, 3), dtype=np.uint8)
+        found = model.predict(image, conf=0.0, max_det=3)
+        masks = model.segment(image, boxes=[[5, 5, 40, 30]]).masks
+        print(json.dumps({{"found": len(found), "masks": list(masks.shape),
+                          "torch": sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))}}))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"found": 3, "masks": [1, 60, 80], "torch": []}
