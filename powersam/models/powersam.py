@@ -117,6 +117,12 @@ class DetectSegmentModel(Sam):
         the SAM input frame, clamped to it; SAM embedding 1×256×h×w; SAM input size (h, w))."""
         raise NotImplementedError
 
+    def _detect_and_embed(
+        self, image: np.ndarray, score_thr: float, nms_iou: float, max_det: int
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, tuple[int, int]]:
+        """:meth:`_detect_stages` without timings (the hook's earlier name; the export tests call it)."""
+        return self._detect_stages(image, score_thr, nms_iou, max_det, StageTimer())
+
     # ------------------------------------------------------------------ the backend of the shared pipeline
     # predict() is powersam.inference.detect_and_segment; these four methods are all it asks of a PyTorch model.
     def detection_defaults(self) -> tuple[float, float, int]:
