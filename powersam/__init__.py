@@ -1,5 +1,9 @@
 """PowerSAM: Segment Anything at the edge for power-grid inspection.
 
+``powersam.load(source)`` opens any model (zoo name, checkpoint, ONNX export, TensorRT engine) as one
+:class:`~powersam.model.Model` with ``predict`` / ``segment`` / ``val`` / ``export`` / ``info``; training stages are
+``powersam.train.<stage>(config)``. ``build_model`` and ``SamPredictor`` remain for code written against them.
+
 The top level imports lazily, so ``import powersam`` stays cheap and the torch-free parts (the ONNX runtime
 for edge devices) never pull in torch.
 """
@@ -10,6 +14,8 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
+    "load": ("powersam.model", "load"),
+    "Model": ("powersam.model", "Model"),
     "build_model": ("powersam.models.zoo", "build_model"),
     "list_models": ("powersam.models.zoo", "list_models"),
     "SamPredictor": ("powersam.predictor", "SamPredictor"),

@@ -16,8 +16,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from powersam.io import ImageSource, load_image
-from powersam.prompt_frame import PromptFrameMixin
+from powersam.inference.prompts import PromptPipeline, as_finite_float
 from powersam.transforms import (
     ResizeLongestSide,
     image_to_input_tensor,
@@ -35,19 +34,21 @@ def _model_img_size(model: torch.nn.Module) -> int:
 
 
 def _as_float_array(name: str, value: object) -> np.ndarray:
-    array = np.asarray(value.detach().cpu() if isinstance(value, torch.Tensor) else value, dtype=np.float64)
-    if not np.isfinite(array).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return array
+    return as_finite_float(name, value.detach().cpu() if isinstance(value, torch.Tensor) else value)
 
 
-class SamPredictor(PromptFrameMixin):
+class SamPredictor(PromptPipeline):
     """Cache one image embedding and predict masks from point / box / mask prompts.
 
     Attributes (read-only properties): ``is_image_set``, ``original_size`` (H, W), ``input_size`` (h, w),
     ``features`` (the 1×C×e×e embedding, as in segment-anything), ``multiscale_features`` (the encoder's
     ``forward_multiscale`` tuple when it has one, else None).
+
+    ``set_image``, ``predict`` and ``predict_batch`` are :class:`~powersam.inference.prompts.PromptPipeline`'s, the
+    implementation the ONNX Runtime and TensorRT predictors share; this class runs the PyTorch modules.
     """
+
+    _as_float = staticmethod(_as_float_array)  # also accepts tensors
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.model = model
@@ -68,19 +69,8 @@ class SamPredictor(PromptFrameMixin):
             return pixel_mean.device
         return next(self.model.parameters()).device
 
-    def set_image(self, image: ImageSource, image_format: str = "RGB") -> None:
-        """Run the image encoder once on ``image`` (anything :func:`powersam.io.load_image` accepts).
-
-        ``image_format`` ("RGB" or "BGR") describes the channel order of an ndarray input; files and PIL
-        images are always decoded as RGB, so "BGR" is only accepted for arrays.
-        """
-        if image_format not in ("RGB", "BGR"):
-            raise ValueError(f"image_format must be 'RGB' or 'BGR'; got {image_format!r}")
-        if image_format == "BGR" and not isinstance(image, np.ndarray):
-            raise ValueError("image_format='BGR' only applies to numpy arrays; files and PIL images load as RGB")
-        rgb = load_image(image)
-        if image_format == "BGR":
-            rgb = np.ascontiguousarray(rgb[..., ::-1])
+    def _encode(self, rgb: np.ndarray) -> None:
+        """Backend hook of :meth:`set_image`: preprocess an RGB uint8 image and run the image encoder once."""
         if getattr(self.model, "image_format", "RGB") == "BGR":
             rgb = np.ascontiguousarray(rgb[..., ::-1])
         self._warn_if_training()
@@ -148,117 +138,42 @@ class SamPredictor(PromptFrameMixin):
         return self._embedding
 
     # ------------------------------------------------------------------ prediction
-    def predict(
+    # predict() and predict_batch() are PromptPipeline's (shared with the ONNX Runtime predictor); the hooks below
+    # are the PyTorch half.
+    def _decode_prompts(
         self,
-        point_coords: Optional[np.ndarray] = None,
-        point_labels: Optional[np.ndarray] = None,
-        box: Optional[np.ndarray] = None,
-        mask_input: Optional[np.ndarray] = None,
-        multimask_output: Union[bool, int] = True,
-        return_logits: bool = False,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Predict masks for one prompt set (same semantics as segment-anything's ``SamPredictor.predict``).
-
-        Args:
-            point_coords: N×2 (x, y) points in original pixels; needs ``point_labels``.
-            point_labels: N labels, 1 foreground, 0 background, -1 ignored.
-            box: length-4 xyxy box in original pixels (1×4 accepted); clipped to the image like
-                :meth:`predict_batch`.
-            mask_input: 1×s×s low-res logits from a previous call (s = 256 for SAM at 1024).
-            multimask_output: True → 3 masks (C=3), False → 1. PowerSAM's decoder also accepts an int mask
-                count (1, 3 or 4 = all tokens); segment-anything's only takes a bool.
-            return_logits: return float logits instead of bool masks.
-
-        Returns:
-            ``(masks C×H×W bool or float32, iou_scores C float32, low_res_logits C×s×s float32)``.
-        """
-        self._require_image()
-        box, point_coords, point_labels, mask_input = self._single_prompt_as_batch(
-            point_coords, point_labels, box, mask_input, self._mask_input_size(), _as_float_array
-        )
-        masks, scores, low_res = self.predict_batch(
-            boxes=box, point_coords=point_coords, point_labels=point_labels, mask_input=mask_input,
-            multimask_output=multimask_output, return_logits=return_logits,
-        )
-        if masks.shape[0] == 0:  # no prompt at all: SAM still decodes once with only the output tokens
-            masks, scores, low_res = self._decode_without_prompts(multimask_output, return_logits)
-        return masks[0], scores[0], low_res[0]
-
-    def predict_batch(
-        self,
-        boxes: Optional[np.ndarray] = None,
-        point_coords: Optional[np.ndarray] = None,
-        point_labels: Optional[np.ndarray] = None,
-        mask_input: Optional[np.ndarray] = None,
-        multimask_output: Union[bool, int] = False,
-        return_logits: bool = False,
-        chunk_size: int = 64,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Predict one mask set per prompt for N prompts, decoding ``chunk_size`` prompts at a time.
-
-        Args:
-            boxes: N×4 xyxy in original pixels. Boxes reaching outside the image are clipped to it (warned
-                once per predictor); a box with zero width or height after clipping raises ValueError.
-            point_coords: N×K×2 (x, y) in original pixels, with ``point_labels`` N×K in {-1, 0, 1}.
-            mask_input: N×1×s×s low-res logits.
-            The prompt kinds given are combined per prompt index and must agree on N.
-
-        Returns:
-            ``(masks N×C×H×W bool (float32 if return_logits), scores N×C float32, low_res N×C×s×s float32)``,
-            C = 3 with ``multimask_output`` else 1 (or the int count given). N = 0 returns empty arrays
-            without running the decoder.
-            Masks are upsampled a chunk at a time into a preallocated array (see
-            :func:`powersam.transforms.masks_to_original` for the memory bound).
-        """
-        self._require_image()
-        if chunk_size <= 0:
-            raise ValueError(f"chunk_size must be a positive integer; got {chunk_size}")
-        boxes, point_coords, point_labels, mask_input, n = self._validate_batch_prompts(
-            boxes, point_coords, point_labels, mask_input, self._mask_input_size(), _as_float_array
-        )
-
-        num_masks = self._num_outputs(multimask_output)
-        height, width = self._original_size
-        s = self._mask_input_size()
-        masks = np.empty((n, num_masks, height, width), dtype=np.float32 if return_logits else np.bool_)
-        scores = np.empty((n, num_masks), dtype=np.float32)
-        low_res = np.empty((n, num_masks, s, s), dtype=np.float32)
-        if n == 0:
-            return masks, scores, low_res
-
-        if boxes is not None:
-            boxes = self._to_input_frame(boxes)
-        if point_coords is not None:
-            point_coords = self._to_input_frame(point_coords)
+        boxes: Optional[np.ndarray],
+        point_coords: Optional[np.ndarray],
+        point_labels: Optional[np.ndarray],
+        mask_input: Optional[np.ndarray],
+        multimask_output: Union[bool, int],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Input-frame NumPy prompts (B×4, B×K×2 + B×K, B×1×s×s; any None) → (low-res logits B×C×s×s, iou B×C)."""
         device = self.device
-        upsample_chunk = upsample_chunk_size(num_masks, self._input_size, self._original_size, self.img_size)
+        box_t = coords_t = labels_t = mask_t = None
+        if boxes is not None:
+            box_t = torch.as_tensor(boxes, dtype=torch.float32, device=device)
+        if point_coords is not None:
+            coords_t = torch.as_tensor(point_coords, dtype=torch.float32, device=device)
+            labels_t = torch.as_tensor(point_labels, dtype=torch.int, device=device)
+        if mask_input is not None:
+            mask_t = torch.as_tensor(mask_input, dtype=torch.float32, device=device)
         with torch.inference_mode():
-            for start in range(0, n, chunk_size):
-                stop = min(start + chunk_size, n)
-                box_t = coords_t = labels_t = mask_t = None
-                if boxes is not None:
-                    box_t = torch.as_tensor(boxes[start:stop], dtype=torch.float32, device=device)
-                if point_coords is not None:
-                    coords_t = torch.as_tensor(point_coords[start:stop], dtype=torch.float32, device=device)
-                    labels_t = torch.as_tensor(point_labels[start:stop], dtype=torch.int, device=device)
-                if mask_input is not None:
-                    mask_t = torch.as_tensor(mask_input[start:stop], dtype=torch.float32, device=device)
-                low_res_t, scores_t = self._decode(coords_t, labels_t, box_t, mask_t, multimask_output)
-                if low_res_t.shape[1] != num_masks:
-                    raise ValueError(
-                        f"the mask decoder returned {low_res_t.shape[1]} masks per prompt for "
-                        f"multimask_output={multimask_output!r}; expected {num_masks}"
-                    )
-                # Upsample straight into the preallocated NumPy output: no full-size float copy of the chunk.
-                masks_to_original(
-                    low_res_t, self._input_size, self._original_size, self.img_size,
-                    threshold=self._mask_threshold(), return_logits=return_logits,
-                    chunk_size=upsample_chunk, out=torch.from_numpy(masks[start:stop]),
-                    resize_mode=self._resize_mode(),
-                )
-                scores[start:stop] = scores_t.float().cpu().numpy()
-                low_res[start:stop] = low_res_t.float().cpu().numpy()
-        return masks, scores, low_res
+            return self._decode(coords_t, labels_t, box_t, mask_t, multimask_output)
+
+    def _upsample_into(self, low_res: torch.Tensor, out: np.ndarray, return_logits: bool) -> None:
+        """Write B×C×H×W masks for B×C×s×s logits into the NumPy array ``out`` (chunked: 256 MB budget)."""
+        chunk = upsample_chunk_size(low_res.shape[1], self._input_size, self._original_size, self.img_size)
+        with torch.inference_mode():
+            masks_to_original(
+                low_res, self._input_size, self._original_size, self.img_size,
+                threshold=self._mask_threshold(), return_logits=return_logits,
+                chunk_size=chunk, out=torch.from_numpy(out), resize_mode=self._resize_mode(),
+            )
+
+    @staticmethod
+    def _to_numpy(array: torch.Tensor) -> np.ndarray:
+        return array.float().cpu().numpy()
 
     def predict_torch(
         self,
@@ -321,18 +236,6 @@ class SamPredictor(PromptFrameMixin):
             dense_prompt_embeddings=dense,
             multimask_output=multimask_output,
         )
-
-    def _decode_without_prompts(
-        self, multimask_output: Union[bool, int], return_logits: bool
-    ) -> tuple[np.ndarray, ...]:
-        with torch.inference_mode():
-            low_res, iou = self._decode(None, None, None, None, multimask_output)
-            masks = masks_to_original(
-                low_res, self._input_size, self._original_size, self.img_size,
-                threshold=self._mask_threshold(), return_logits=return_logits, output_device="cpu",
-                resize_mode=self._resize_mode(),
-            )
-        return masks.numpy(), iou.float().cpu().numpy(), low_res.float().cpu().numpy()
 
     def _mask_input_size(self) -> int:
         size = getattr(self.model.prompt_encoder, "mask_input_size", None)

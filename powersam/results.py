@@ -31,6 +31,8 @@ class Results:
         class_names: name of each class index.
         orig_shape: (H, W) of the image.
         image_path: where the image came from, if known.
+        speed: milliseconds per pipeline stage (``preprocess``, ``encoder``, …, ``postprocess``) of the call that
+            made these results, in the order the stages ran; empty when they were built by hand.
     """
 
     boxes: np.ndarray
@@ -40,6 +42,7 @@ class Results:
     class_names: list[str]
     orig_shape: tuple[int, int]
     image_path: Optional[Union[str, Path]] = field(default=None)
+    speed: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.boxes = np.asarray(self.boxes, dtype=np.float32)

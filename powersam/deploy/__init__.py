@@ -1,8 +1,9 @@
 """Deployment: ONNX export (:mod:`.onnx_export`), INT8 quantisation (:mod:`.quantize`), FP16 graphs
-(:mod:`.precision`), TensorRT engines (:mod:`.tensorrt`), graph metadata (:mod:`.metadata`).
+(:mod:`.precision`), TensorRT engines (:mod:`.tensorrt`); the graph metadata format belongs to
+:mod:`powersam.runtime.metadata` (re-exported as :mod:`.metadata`).
 
-This package imports nothing on its own: :mod:`powersam.runtime` (torch-free) reaches :mod:`.metadata` through it,
-while the exporter needs torch and the quantiser ONNX Runtime's tools.
+This package imports nothing on its own: the exporter needs torch and the quantiser ONNX Runtime's tools.
+Dependencies point one way: deploy imports the runtime, never the reverse.
 """
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ from ..models.repvit import RepViT, ResizeTo
 from ..models.sam.mask_decoder import MaskDecoder, MultimaskOutput
 from ..models.sam.prompt_encoder import PromptEncoder
 from ..ops.boxes import nms
-from .metadata import HIGH_RES_NAMES
+from ..runtime.metadata import HIGH_RES_NAMES
 
 __all__ = [
     "DecoderGraph",

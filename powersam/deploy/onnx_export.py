@@ -6,7 +6,7 @@ Two kinds of export (see :mod:`powersam.deploy.graphs` for the graphs themselves
 * interactive (``interactive=True``, any SAM-family model): ``encoder.onnx`` + ``decoder.onnx``, SAM's interface.
 
 Graphs are traced with PyTorch's TorchScript-based exporter (``dynamo=False``: it needs no ``onnxscript``), checked
-with ``onnx.checker`` and carry :class:`~powersam.deploy.metadata.GraphMetadata` in their ``metadata_props``.
+with ``onnx.checker`` and carry :class:`~powersam.runtime.metadata.GraphMetadata` in their ``metadata_props``.
 :func:`powersam.runtime.load` runs them without PyTorch.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from torch import nn
 
 from .. import __version__
 from .graphs import DecoderGraph, DecoupledGraph, EncoderGraph, IntegratedGraph, encoder_upsample_mode
-from .metadata import GraphMetadata, attach_metadata
+from ..runtime.metadata import GraphMetadata, attach_metadata
 
 logger = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from typing import Callable, Iterable, Optional, Union
 
 import onnx
 
-from .metadata import KEY_PREFIX, GraphMetadata
+from ..runtime.metadata import KEY_PREFIX, GraphMetadata
 from .onnx_graph import detection_path, sort_topologically
 from .onnx_io import save_onnx
 

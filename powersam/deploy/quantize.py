@@ -54,7 +54,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from ..io import ImageSource, list_images, load_image
 from ..runtime.preprocess import detector_feeds, preprocess_image
-from .metadata import KEY_PREFIX, GraphMetadata
+from ..runtime.metadata import KEY_PREFIX, GraphMetadata
 from .onnx_graph import descendants, nms_nodes, upstream_to
 from .onnx_io import is_large_graph, save_onnx
 

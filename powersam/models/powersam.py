@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..io import load_image
+from ..inference.detect import Detections, detect_and_segment
+from ..inference.timing import StageTimer
 from ..results import Results
 from ..transforms import ResizeLongestSide, masks_to_original, preprocess_image
 from .sam.sam import Sam
@@ -26,7 +27,7 @@ logger = logging.getLogger(__name__)
 class DetectSegmentModel(Sam):
     """A SAM (image encoder, prompt encoder, mask decoder) that also finds its own box prompts.
 
-    Subclasses implement :meth:`_detect_and_embed`. Everything a user calls is here: :meth:`predict` for images,
+    Subclasses implement :meth:`_detect_stages`. Everything a user calls is here: :meth:`predict` for images,
     :meth:`segment_boxes` for tensors.
     """
 
@@ -50,6 +51,26 @@ class DetectSegmentModel(Sam):
         self.score_thr = float(score_thr)
         self.nms_iou = float(nms_iou)
         self.max_det = int(max_det)
+
+    # One vocabulary with predict(conf=, iou=): the attributes keep their old names (the exported graph metadata
+    # records score_thr / nms_iou, a file format), these are the names to use.
+    @property
+    def conf(self) -> float:
+        """Default score threshold of :meth:`predict` (stored as ``score_thr``)."""
+        return self.score_thr
+
+    @conf.setter
+    def conf(self, value: float) -> None:
+        self.score_thr = float(value)
+
+    @property
+    def iou(self) -> float:
+        """Default class-aware NMS IoU of :meth:`predict` (stored as ``nms_iou``)."""
+        return self.nms_iou
+
+    @iou.setter
+    def iou(self, value: float) -> None:
+        self.nms_iou = float(value)
 
     # ------------------------------------------------------------------ tensors
     @torch.no_grad()
@@ -89,14 +110,55 @@ class DetectSegmentModel(Sam):
             ious.append(chunk_iou)
         return torch.cat(logits), torch.cat(ious)
 
+    def _detect_stages(
+        self, image: np.ndarray, score_thr: float, nms_iou: float, max_det: int, timer: StageTimer
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, tuple[int, int]]:
+        """Run the detection stages on an RGB uint8 image, each under ``timer(name)`` → (detections with boxes in
+        the SAM input frame, clamped to it; SAM embedding 1×256×h×w; SAM input size (h, w))."""
+        raise NotImplementedError
+
     def _detect_and_embed(
         self, image: np.ndarray, score_thr: float, nms_iou: float, max_det: int
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor, tuple[int, int]]:
-        """Return (detections with boxes in the SAM input frame, SAM embedding 1×256×h×w, SAM input size)."""
-        raise NotImplementedError
+        """:meth:`_detect_stages` without timings (the hook's earlier name; the export tests call it)."""
+        return self._detect_stages(image, score_thr, nms_iou, max_det, StageTimer())
+
+    # ------------------------------------------------------------------ the backend of the shared pipeline
+    # predict() is powersam.inference.detect_and_segment; these four methods are all it asks of a PyTorch model.
+    def detection_defaults(self) -> tuple[float, float, int]:
+        """(conf, iou, max_det) used when predict() is given None."""
+        return self.score_thr, self.nms_iou, self.max_det
+
+    def detect(self, rgb: np.ndarray, conf: float, iou: float, max_det: int, timer: StageTimer) -> Detections:
+        """H×W×3 uint8 RGB → :class:`~powersam.inference.Detections` (NumPy boxes, scores, labels in the input
+        frame; the embedding stays on the device as ``state`` for :meth:`decode`)."""
+        if self.training:
+            raise RuntimeError("predict() needs the model in eval mode: call model.eval() first")
+        with torch.no_grad():
+            dets, embedding, input_size = self._detect_stages(rgb, conf, iou, max_det, timer)
+        return Detections(
+            boxes=dets["boxes"].float().cpu().numpy(),
+            scores=dets["scores"].float().cpu().numpy(),
+            labels=dets["labels"].cpu().numpy().astype(np.int64),
+            input_size=tuple(input_size),
+            state=embedding,
+        )
+
+    def decode(self, detections: Detections, keep: np.ndarray) -> torch.Tensor:
+        """Low-res logits K×1×s×s of the kept detections (prompt encoder + mask decoder, single-mask output)."""
+        embedding = detections.state
+        boxes = torch.as_tensor(detections.boxes[keep], dtype=torch.float32, device=embedding.device)
+        with torch.no_grad():
+            low_res, _ = self.segment_boxes(embedding, boxes)
+        return low_res
+
+    def upsample(self, low_res: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]) -> np.ndarray:
+        """K×1×s×s logits → K×1×H×W bool masks (NumPy) at the original resolution."""
+        with torch.no_grad():
+            masks = masks_to_original(low_res, input_size, original_size, self.img_size, output_device="cpu")
+        return masks.numpy()
 
     # ------------------------------------------------------------------ images
-    @torch.no_grad()
     def predict(
         self,
         image: Any,
@@ -116,54 +178,13 @@ class DetectSegmentModel(Sam):
             classes: keep only these class names.
 
         Returns:
-            :class:`~powersam.results.Results` with boxes (xyxy, original pixels), scores, labels, masks (N×H×W bool).
+            :class:`~powersam.results.Results` with boxes (xyxy, original pixels), scores, labels, masks (N×H×W bool)
+            and ``speed`` (ms per stage). The steps are :func:`powersam.inference.detect_and_segment`'s, shared with
+            the ONNX Runtime and TensorRT backends.
         """
-        conf = self.score_thr if conf is None else float(conf)
-        iou = self.nms_iou if iou is None else float(iou)
-        max_det = self.max_det if max_det is None else int(max_det)
-        if not 0.0 <= conf <= 1.0 or not 0.0 <= iou <= 1.0:
-            raise ValueError(f"conf and iou must be in [0, 1], got conf={conf}, iou={iou}")
-        if max_det < 0:
-            raise ValueError(f"max_det must be >= 0, got {max_det}")
-        wanted = self._class_filter(classes)
-        path = str(image) if isinstance(image, (str, Path)) else None
-        rgb = load_image(image)
-        original_size = rgb.shape[:2]
-        if self.training:
-            raise RuntimeError("predict() needs the model in eval mode: call model.eval() first")
-
-        dets, embedding, input_size = self._detect_and_embed(rgb, conf, iou, max_det)
-        boxes, scores, labels = dets["boxes"], dets["scores"], dets["labels"]
-        if wanted is not None:
-            keep = torch.isin(labels, torch.as_tensor(sorted(wanted), device=labels.device))
-            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-        if boxes.shape[0] == 0:
-            return Results.empty(original_size, self.class_names, image_path=path)
-        low_res, _ = self.segment_boxes(embedding, boxes)
-        masks = masks_to_original(low_res, input_size, original_size, self.img_size, output_device="cpu")
-        sy, sx = ResizeLongestSide(self.img_size).axis_scales(original_size)
-        to_original = boxes.new_tensor([1 / sx, 1 / sy, 1 / sx, 1 / sy])
-        boxes_orig = (boxes * to_original).cpu().numpy().astype(np.float32)
-        h, w = original_size
-        boxes_orig[:, [0, 2]] = boxes_orig[:, [0, 2]].clip(0, w)
-        boxes_orig[:, [1, 3]] = boxes_orig[:, [1, 3]].clip(0, h)
-        return Results(
-            boxes=boxes_orig,
-            scores=scores.float().cpu().numpy(),
-            labels=labels.cpu().numpy().astype(np.int64),
-            masks=masks[:, 0].numpy(),
-            class_names=list(self.class_names),
-            orig_shape=tuple(original_size),
-            image_path=path,
-        )
-
-    def _class_filter(self, classes: Sequence[str] | None) -> set[int] | None:
-        if classes is None:
-            return None
-        unknown = [c for c in classes if c not in self.class_names]
-        if unknown:
-            raise ValueError(f"unknown class name(s) {unknown}; this model knows {self.class_names}")
-        return {self.class_names.index(c) for c in classes}
+        device = self.pixel_mean.device
+        sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
+        return detect_and_segment(self, image, conf, iou, max_det, classes, timer=StageTimer(sync))
 
     def _sam_input(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
         device = self.pixel_mean.device
@@ -190,17 +211,23 @@ class PowerSAM(DetectSegmentModel):
         stage1, stage2, stage3, embedding = self.image_encoder.forward_multiscale(x)
         return self.box_generator((stage1, stage2, stage3)), embedding
 
-    def _detect_and_embed(self, image, score_thr, nms_iou, max_det):
-        x, input_size = self._sam_input(image)
-        raw, embedding = self.forward_integrated(x)
-        dets = self.box_generator.bbox_head.predict(*raw, score_thr=score_thr, nms_iou=nms_iou, max_det=max_det)[0]
-        h, w = input_size
-        boxes = dets["boxes"].clone()
-        # Boxes may reach into the padding; the mask decoder should only see the real image area.
-        boxes[:, [0, 2]] = boxes[:, [0, 2]].clamp(0, w)
-        boxes[:, [1, 3]] = boxes[:, [1, 3]].clamp(0, h)
-        dets = {**dets, "boxes": boxes}
-        return dets, embedding, input_size
+    def _detect_stages(self, image, score_thr, nms_iou, max_det, timer):
+        # forward_integrated cut in two timed stages (the same calls): shared backbone, then the BBPG on its maps.
+        with timer("preprocess"):
+            x, input_size = self._sam_input(image)
+        with timer("encoder"):
+            stage1, stage2, stage3, embedding = self.image_encoder.forward_multiscale(x)
+        with timer("bbpg"):
+            raw = self.box_generator((stage1, stage2, stage3))
+        with timer("detect"):
+            dets = self.box_generator.bbox_head.predict(*raw, score_thr=score_thr, nms_iou=nms_iou,
+                                                        max_det=max_det)[0]
+            h, w = input_size
+            boxes = dets["boxes"].clone()
+            # Boxes may reach into the padding; the mask decoder should only see the real image area.
+            boxes[:, [0, 2]] = boxes[:, [0, 2]].clamp(0, w)
+            boxes[:, [1, 3]] = boxes[:, [1, 3]].clamp(0, h)
+        return {**dets, "boxes": boxes}, embedding, input_size
 
     def load_detector_weights(self, path: str | Path) -> None:
         """Load box-prompt-generator weights: the converted official ``box_prompt_generator_*.pth`` (keys
@@ -254,14 +281,21 @@ class DecoupledPowerSAM(DetectSegmentModel):
         sy, sx = resize.axis_scales(image.shape[:2])
         return x, x.new_tensor([sx, sy, sx, sy])
 
-    def _detect_and_embed(self, image, score_thr, nms_iou, max_det):
-        det_x, det_scale = self.detector_input(image)
-        dets = self.detector.predict(det_x, score_thr=score_thr, nms_iou=nms_iou, max_det=max_det)[0]
-        x, input_size = self._sam_input(image)
-        embedding = self.image_encoder(x)
-        sy, sx = ResizeLongestSide(self.img_size).axis_scales(image.shape[:2])
-        boxes = dets["boxes"] / det_scale * det_scale.new_tensor([sx, sy, sx, sy])
-        h, w = input_size
-        boxes[:, [0, 2]] = boxes[:, [0, 2]].clamp(0, w)
-        boxes[:, [1, 3]] = boxes[:, [1, 3]].clamp(0, h)
+    def _detect_stages(self, image, score_thr, nms_iou, max_det, timer):
+        with timer("det_preprocess"):
+            det_x, det_scale = self.detector_input(image)
+        with timer("detector"):
+            raw = self.detector(det_x)  # YOLOX.predict is this forward + bbox_head.predict
+        with timer("detect"):
+            dets = self.detector.bbox_head.predict(*raw, score_thr=score_thr, nms_iou=nms_iou, max_det=max_det)[0]
+        with timer("preprocess"):
+            x, input_size = self._sam_input(image)
+        with timer("encoder"):
+            embedding = self.image_encoder(x)
+        with timer("detect"):  # detector input frame → SAM input frame, clamped to the real image area
+            sy, sx = ResizeLongestSide(self.img_size).axis_scales(image.shape[:2])
+            boxes = dets["boxes"] / det_scale * det_scale.new_tensor([sx, sy, sx, sy])
+            h, w = input_size
+            boxes[:, [0, 2]] = boxes[:, [0, 2]].clamp(0, w)
+            boxes[:, [1, 3]] = boxes[:, [1, 3]].clamp(0, h)
         return {**dets, "boxes": boxes}, embedding, input_size

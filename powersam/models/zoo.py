@@ -223,9 +223,11 @@ def build_model(
     with_detector: bool = True,
     upsample_mode: str | None = None,
     resize_mode: str | None = None,
-    score_thr: float = 0.5,
-    nms_iou: float = 0.65,
+    conf: float = 0.5,
+    iou: float = 0.65,
     max_det: int = 100,
+    score_thr: float | None = None,
+    nms_iou: float | None = None,
 ) -> nn.Module:
     """Build a named model and (optionally) load weights strictly.
 
@@ -244,13 +246,15 @@ def build_model(
             ``"bilinear"`` for runtimes without bicubic).
         resize_mode: SAM 2 only: ``"squash"`` (its own preprocessing, default) or ``"longest_side"`` (SAM's
             resize-and-pad, as the PowerSAM evaluation fed SAM 2).
-        score_thr, nms_iou, max_det: detection defaults of integrated/decoupled models.
+        conf, iou, max_det: detection defaults of integrated/decoupled models (score threshold, NMS IoU, cap), the
+            names ``predict`` takes. ``score_thr`` / ``nms_iou`` are their deprecated old names.
 
     Returns (in eval mode):
         ``Sam`` for interactive models, ``PowerSAM`` (integrated) or ``DecoupledPowerSAM`` for detect-and-segment.
     """
     from .. import checkpoint as ckpt_io
 
+    score_thr, nms_iou = _renamed_thresholds(conf, iou, score_thr, nms_iou)
     payload: dict[str, Any] | None = None
     widths: dict | None = None
     if checkpoint is not None:
@@ -319,6 +323,16 @@ def build_model(
             raise ValueError(f"model {spec.name!r} has no detector to load {detector_checkpoint} into")
         model.load_detector_weights(detector_checkpoint)
     return model
+
+
+def _renamed_thresholds(conf: float, iou: float, score_thr: float | None, nms_iou: float | None) -> tuple[float, float]:
+    """``build_model``'s old threshold names still work, with a DeprecationWarning (one vocabulary: conf, iou)."""
+    import warnings
+
+    for old, new, value in (("score_thr", "conf", score_thr), ("nms_iou", "iou", nms_iou)):
+        if value is not None:
+            warnings.warn(f"build_model({old}=...) is deprecated; use {new}=", DeprecationWarning, stacklevel=3)
+    return (conf if score_thr is None else float(score_thr)), (iou if nms_iou is None else float(nms_iou))
 
 
 def _optional_prefixes(model: nn.Module) -> tuple[str, ...]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from .integrated import OnnxPowerSAM
 from .predictor import OnnxSamPredictor
-from .session import GraphSession, load, resolve_providers
+from .loader import load
+from .session import GraphSession, resolve_providers
 
 __all__ = ["GraphSession", "OnnxPowerSAM", "OnnxSamPredictor", "load", "resolve_providers"]

@@ -1,14 +1,14 @@
 """Integrated PowerSAM on ONNX Runtime: image → :class:`~powersam.results.Results`, without PyTorch."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from ..io import load_image
+from ..inference.detect import Detections, detect_and_segment
+from ..inference.timing import StageTimer
 from ..results import Results
-from .preprocess import axis_scales, preprocess_image, upsample_masks
+from .preprocess import preprocess_image, upsample_masks
 from .preprocess import detector_feeds as decoupled_detector_feeds
 from .session import GraphSession
 
@@ -73,6 +73,33 @@ class OnnxPowerSAM:
         }
         return self.session.run(feeds, ["boxes", "scores", "labels", "mask_logits"])
 
+    # ------------------------------------------------------------------ the backend of the shared pipeline
+    # predict() is powersam.inference.detect_and_segment; these four methods are all it asks of a graph.
+    def detection_defaults(self) -> tuple[float, float, int]:
+        """(conf, iou, max_det) used when predict() is given None: the exported defaults."""
+        return self.score_thr, self.nms_iou, self.max_det
+
+    def detect(self, rgb: np.ndarray, conf: float, iou: float, max_det: int, timer: StageTimer) -> Detections:
+        """H×W×3 uint8 RGB → :class:`~powersam.inference.Detections`; the graph decodes every detection's mask in
+        the same call, so ``state`` holds the N×1×s×s mask logits."""
+        with timer("preprocess"):
+            x, input_size = preprocess_image(rgb, self.img_size, self.metadata.pixel_mean, self.metadata.pixel_std)
+            det_feeds = self.detector_feeds(rgb, input_size)
+        with timer("network"):
+            out = self.run_graph(x, input_size, conf, iou, max_det, det_feeds)
+        return Detections(
+            boxes=out["boxes"].astype(np.float32), scores=out["scores"].astype(np.float32),
+            labels=out["labels"].astype(np.int64), input_size=tuple(input_size), state=out["mask_logits"],
+        )
+
+    def decode(self, detections: Detections, keep: np.ndarray) -> np.ndarray:
+        """The graph's mask logits of the kept detections (already decoded by :meth:`detect`)."""
+        return detections.state[keep]
+
+    def upsample(self, low_res: np.ndarray, input_size: Sequence[int], original_size: Sequence[int]) -> np.ndarray:
+        """K×1×s×s logits → K×1×H×W bool masks at the original resolution."""
+        return upsample_masks(low_res, input_size, original_size, self.img_size, threshold=self.mask_threshold)
+
     def predict(
         self,
         image: Any,
@@ -81,55 +108,14 @@ class OnnxPowerSAM:
         max_det: Optional[int] = None,
         classes: Optional[Sequence[str]] = None,
     ) -> Results:
-        """Detect and segment every object in an image (same arguments and result as ``PowerSAM.predict``).
+        """Detect and segment every object in an image (same arguments and result as ``PowerSAM.predict``: both are
+        :func:`powersam.inference.detect_and_segment`).
 
         Args:
             image: RGB H×W×3 uint8 array, PIL image or path (see :func:`powersam.io.load_image`).
             conf: score threshold (default: the exported ``score_thr``); iou: NMS IoU (default ``nms_iou``);
             max_det: detection cap (default ``max_det``); classes: keep only these class names.
         """
-        conf = self.score_thr if conf is None else float(conf)
-        iou = self.nms_iou if iou is None else float(iou)
-        max_det = self.max_det if max_det is None else int(max_det)
-        if not 0.0 <= conf <= 1.0 or not 0.0 <= iou <= 1.0:
-            raise ValueError(f"conf and iou must be in [0, 1], got conf={conf}, iou={iou}")
-        if max_det < 0:
-            raise ValueError(f"max_det must be >= 0, got {max_det}")
-        wanted = self._class_filter(classes)
-        path = str(image) if isinstance(image, (str, Path)) else None
-        rgb = load_image(image)
-        original_size = rgb.shape[:2]
-        x, input_size = preprocess_image(rgb, self.img_size, self.metadata.pixel_mean, self.metadata.pixel_std)
-        out = self.run_graph(x, input_size, conf, iou, max_det, self.detector_feeds(rgb, input_size))
-        boxes, scores, labels, logits = out["boxes"], out["scores"], out["labels"], out["mask_logits"]
-        if wanted is not None:
-            keep = np.isin(labels, sorted(wanted))
-            boxes, scores, labels, logits = boxes[keep], scores[keep], labels[keep], logits[keep]
-        if boxes.shape[0] == 0:
-            return Results.empty(original_size, self.class_names, image_path=path)
-        masks = upsample_masks(logits, input_size, original_size, self.img_size, threshold=self.mask_threshold)
-        sy, sx = axis_scales(original_size, input_size)
-        to_original = np.array([1 / sx, 1 / sy, 1 / sx, 1 / sy], dtype=np.float32)
-        boxes = boxes.astype(np.float32) * to_original
-        h, w = original_size
-        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
-        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
-        return Results(
-            boxes=boxes,
-            scores=scores.astype(np.float32),
-            labels=labels.astype(np.int64),
-            masks=masks[:, 0],
-            class_names=list(self.class_names),
-            orig_shape=tuple(original_size),
-            image_path=path,
-        )
+        return detect_and_segment(self, image, conf, iou, max_det, classes)
 
     __call__ = predict
-
-    def _class_filter(self, classes: Optional[Sequence[str]]) -> Optional[set[int]]:
-        if classes is None:
-            return None
-        unknown = [c for c in classes if c not in self.class_names]
-        if unknown:
-            raise ValueError(f"unknown class name(s) {unknown}; this model knows {self.class_names}")
-        return {self.class_names.index(c) for c in classes}

@@ -13,11 +13,10 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from ..io import ImageSource, load_image
+from ..inference.prompts import PromptPipeline
+from .metadata import HIGH_RES_NAMES
 from .preprocess import preprocess_image, upsample_masks
-from ..deploy.metadata import HIGH_RES_NAMES
 from .session import GraphSession
-from ..prompt_frame import PromptFrameMixin
 
 __all__ = ["OnnxSamPredictor"]
 
@@ -28,18 +27,14 @@ PADDING_LABEL = -1.0
 UPSAMPLE_BUDGET_BYTES = 256 * 2**20
 
 
-def _as_float_array(name: str, value: object) -> np.ndarray:
-    array = np.asarray(value, dtype=np.float64)
-    if not np.isfinite(array).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return array
-
-
-class OnnxSamPredictor(PromptFrameMixin):
+class OnnxSamPredictor(PromptPipeline):
     """Cache one image embedding (encoder graph) and decode masks for any prompts (decoder graph).
 
     Attributes (read-only): ``is_image_set``, ``original_size``, ``input_size``, ``features`` (1×256×e×e
     embedding), ``multiscale_features`` (RepViT stage maps when the encoder exports them).
+
+    ``set_image``, ``predict`` and ``predict_batch`` are :class:`~powersam.inference.prompts.PromptPipeline`'s, the
+    implementation the PyTorch :class:`~powersam.predictor.SamPredictor` shares; this class runs the graphs.
     """
 
     def __init__(self, encoder: GraphSession, decoder: GraphSession) -> None:
@@ -67,15 +62,8 @@ class OnnxSamPredictor(PromptFrameMixin):
         self.reset_image()
 
     # ------------------------------------------------------------------ image state
-    def set_image(self, image: ImageSource, image_format: str = "RGB") -> None:
-        """Run the encoder graph once on ``image`` (anything :func:`powersam.io.load_image` accepts)."""
-        if image_format not in ("RGB", "BGR"):
-            raise ValueError(f"image_format must be 'RGB' or 'BGR'; got {image_format!r}")
-        if image_format == "BGR" and not isinstance(image, np.ndarray):
-            raise ValueError("image_format='BGR' only applies to numpy arrays; files and PIL images load as RGB")
-        rgb = load_image(image)
-        if image_format == "BGR":
-            rgb = np.ascontiguousarray(rgb[..., ::-1])
+    def _encode(self, rgb: np.ndarray) -> None:
+        """Backend hook of :meth:`set_image`: preprocess an RGB uint8 image and run the encoder graph once."""
         x, input_size = preprocess_image(rgb, self.img_size, self.metadata.pixel_mean, self.metadata.pixel_std,
                                          self.resize_mode)
         out = self.encoder.run({"image": x})
@@ -114,72 +102,29 @@ class OnnxSamPredictor(PromptFrameMixin):
         return self._embedding
 
     # ------------------------------------------------------------------ prediction
-    def predict(
+    # predict() and predict_batch() are PromptPipeline's (shared with the PyTorch SamPredictor); the hooks below are
+    # the graph half.
+    def _decode_prompts(
         self,
-        point_coords: Optional[np.ndarray] = None,
-        point_labels: Optional[np.ndarray] = None,
-        box: Optional[np.ndarray] = None,
-        mask_input: Optional[np.ndarray] = None,
-        multimask_output: Union[bool, int] = True,
-        return_logits: bool = False,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One prompt set → ``(masks C×H×W, scores C, low_res_logits C×s×s)``; see ``SamPredictor.predict``."""
-        self._require_image()
-        box, point_coords, point_labels, mask_input = self._single_prompt_as_batch(
-            point_coords, point_labels, box, mask_input, self._mask_size, _as_float_array
-        )
-        masks, scores, low_res = self.predict_batch(
-            boxes=box, point_coords=point_coords, point_labels=point_labels, mask_input=mask_input,
-            multimask_output=multimask_output, return_logits=return_logits,
-        )
-        if masks.shape[0] == 0:  # no prompt at all: SAM still decodes once with only the output tokens
-            low_res, scores = self._decode(np.zeros((1, 0, 2)), np.zeros((1, 0)), None, multimask_output)
-            masks = self._upsample(low_res, return_logits)
-        return masks[0], scores[0], low_res[0]
-
-    def predict_batch(
-        self,
-        boxes: Optional[np.ndarray] = None,
-        point_coords: Optional[np.ndarray] = None,
-        point_labels: Optional[np.ndarray] = None,
-        mask_input: Optional[np.ndarray] = None,
-        multimask_output: Union[bool, int] = False,
-        return_logits: bool = False,
-        chunk_size: int = 64,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """N prompts → ``(masks N×C×H×W, scores N×C, low_res N×C×s×s)``; see ``SamPredictor.predict_batch``.
-
-        boxes N×4 xyxy (clipped to the image, warned once; degenerate after clipping → ValueError), point_coords
-        N×K×2 with point_labels N×K in {-1, 0, 1}, mask_input N×1×s×s, all in original pixels. ``chunk_size``
-        prompts go through the decoder graph per call.
-        """
-        self._require_image()
-        if chunk_size <= 0:
-            raise ValueError(f"chunk_size must be a positive integer; got {chunk_size}")
-        boxes, point_coords, point_labels, mask_input, n = self._validate_batch_prompts(
-            boxes, point_coords, point_labels, mask_input, self._mask_size, _as_float_array
-        )
-
-        num_masks = len(self._select_tokens(multimask_output))
-        height, width = self._original_size
-        s = self._mask_size
-        masks = np.empty((n, num_masks, height, width), dtype=np.float32 if return_logits else np.bool_)
-        scores = np.empty((n, num_masks), dtype=np.float32)
-        low_res = np.empty((n, num_masks, s, s), dtype=np.float32)
-        if n == 0:
-            return masks, scores, low_res
-
+        boxes: Optional[np.ndarray],
+        point_coords: Optional[np.ndarray],
+        point_labels: Optional[np.ndarray],
+        mask_input: Optional[np.ndarray],
+        multimask_output: Union[bool, int],
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Input-frame prompts (B×4, B×K×2 + B×K, B×1×s×s; any None) → (low-res logits B×C×s×s, scores B×C)."""
+        n = next((len(a) for a in (boxes, point_coords, mask_input) if a is not None), 1)
         coords, labels = self._point_prompts(n, boxes, point_coords, point_labels)
-        for start in range(0, n, chunk_size):
-            stop = min(start + chunk_size, n)
-            chunk_masks = None if mask_input is None else mask_input[start:stop]
-            low_res_chunk, scores_chunk = self._decode(
-                coords[start:stop], labels[start:stop], chunk_masks, multimask_output
-            )
-            masks[start:stop] = self._upsample(low_res_chunk, return_logits)
-            scores[start:stop] = scores_chunk
-            low_res[start:stop] = low_res_chunk
-        return masks, scores, low_res
+        return self._decode(coords, labels, mask_input, multimask_output)
+
+    def _upsample_into(self, low_res: np.ndarray, out: np.ndarray, return_logits: bool) -> None:
+        out[...] = self._upsample(low_res, return_logits)
+
+    def _num_outputs(self, multimask_output: Union[bool, int]) -> int:
+        return len(self._select_tokens(multimask_output))
+
+    def _mask_input_size(self) -> int:
+        return self._mask_size
 
     # ------------------------------------------------------------------ helpers
     def _point_prompts(
@@ -189,10 +134,10 @@ class OnnxSamPredictor(PromptFrameMixin):
         point_coords: Optional[np.ndarray],
         point_labels: Optional[np.ndarray],
     ) -> tuple[np.ndarray, np.ndarray]:
-        """All prompts as labelled points in the input frame: N×K×2 float32 coords, N×K float32 labels."""
+        """Input-frame prompts as labelled points: N×K×2 float32 coords, N×K float32 labels."""
         coords, labels = [], []
-        clicks = [] if point_coords is None else [(self._to_input_frame(point_coords), point_labels.astype(np.float64))]
-        corners = [] if boxes is None else [(self._to_input_frame(boxes).reshape(n, 2, 2),
+        clicks = [] if point_coords is None else [(point_coords, point_labels.astype(np.float64))]
+        corners = [] if boxes is None else [(boxes.reshape(n, 2, 2),
                                              np.broadcast_to(np.array(BOX_CORNER_LABELS), (n, 2)))]
         # SAM: clicks, then the box corners, and a padding point only without a box. SAM 2: the corners first,
         # then the clicks, and the padding point whenever there are any points (the corners are points there).

@@ -1,6 +1,7 @@
-"""ONNX Runtime sessions for exported PowerSAM graphs: execution providers, metadata, and :func:`load`.
+"""ONNX Runtime sessions for exported PowerSAM graphs: execution providers and metadata.
 
-Torch-free: this module and everything it imports use only NumPy, ONNX Runtime, Pillow/OpenCV.
+Torch-free: this module and everything it imports use only NumPy, ONNX Runtime, Pillow/OpenCV. The models built on
+sessions import this module, never the reverse (:func:`powersam.runtime.load` lives in :mod:`.loader`).
 """
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from ..deploy.metadata import GraphMetadata
+from .metadata import GraphMetadata
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GraphSession", "load", "resolve_providers"]
+__all__ = ["GraphSession", "resolve_providers"]
 
 PathLike = Union[str, Path]
 ProviderSpec = Union[str, tuple[str, dict[str, Any]]]
@@ -116,55 +117,3 @@ class GraphSession:
         names = list(outputs) if outputs is not None else self.output_names
         arrays = {name: np.asarray(value) for name, value in feeds.items()}
         return dict(zip(names, self.session.run(names, arrays)))
-
-
-def _pair_paths(path_or_paths: Union[PathLike, Sequence[PathLike]]) -> list[Path]:
-    if isinstance(path_or_paths, (str, Path)):
-        path = Path(path_or_paths)
-        if path.is_dir():
-            pair = [path / "encoder.onnx", path / "decoder.onnx"]
-            missing = [p.name for p in pair if not p.is_file()]
-            if missing:
-                raise FileNotFoundError(f"{path} is a folder without {', '.join(missing)} (an interactive export)")
-            return pair
-        return [path]
-    paths = [Path(p) for p in path_or_paths]
-    if len(paths) not in (1, 2):
-        raise ValueError(f"expected one integrated graph or an encoder/decoder pair, got {len(paths)} paths")
-    return paths
-
-
-def load(
-    path_or_paths: Union[PathLike, Sequence[PathLike]],
-    providers: Optional[Sequence[ProviderSpec] | ProviderSpec] = None,
-    threads: Optional[int] = None,
-):
-    """Open exported PowerSAM graphs for inference, by the kind recorded in their metadata.
-
-    Args:
-        path_or_paths: an integrated ``.onnx`` file → :class:`~powersam.runtime.OnnxPowerSAM`; an encoder or decoder
-            file (its partner is found beside it by the name it records), a folder holding ``encoder.onnx`` and
-            ``decoder.onnx``, or the two paths → :class:`~powersam.runtime.OnnxSamPredictor`.
-        providers: execution providers (default CPU); see :func:`resolve_providers`.
-        threads: intra-op threads per session (default: ONNX Runtime's choice, all cores).
-    """
-    from .integrated import OnnxPowerSAM
-    from .predictor import OnnxSamPredictor
-
-    sessions = [GraphSession(p, providers, threads) for p in _pair_paths(path_or_paths)]
-    if len(sessions) == 1:
-        only = sessions[0]
-        kind = only.metadata.graph
-        if kind == "integrated":
-            return OnnxPowerSAM(only)
-        partner = only.path.parent / (only.metadata.partner or "")
-        if not only.metadata.partner or not partner.is_file():
-            raise FileNotFoundError(
-                f"{only.path} is the {kind} of an interactive pair; its partner {partner} is missing"
-            )
-        sessions.append(GraphSession(partner, providers, threads))
-    by_kind = {s.metadata.graph: s for s in sessions}
-    if set(by_kind) != {"encoder", "decoder"}:
-        kinds = [s.metadata.graph for s in sessions]
-        raise ValueError(f"expected an encoder and a decoder graph, got {kinds}")
-    return OnnxSamPredictor(by_kind["encoder"], by_kind["decoder"])

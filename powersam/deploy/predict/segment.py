@@ -11,11 +11,11 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
+from ...inference.prompts import PROMPT_CLASS_NAMES, prompt_results
 from ...results import Results
 
 __all__ = ["PROMPT_CLASS_NAMES", "SegmentFn", "can_detect", "is_onnx", "load_model", "make_segment_fn"]
 
-PROMPT_CLASS_NAMES: tuple[str, ...] = ("object",)
 SegmentFn = Callable[[np.ndarray], Results]
 
 
@@ -90,13 +90,6 @@ def _prompt_predictor(model: Any) -> Any:
     raise ValueError(f"{type(model).__name__} cannot be prompted with --boxes/--points: it has no prompt decoder")
 
 
-def _mask_box(mask: np.ndarray) -> Optional[list[float]]:
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if rows.size == 0:
-        return None
-    return [float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1)]
-
-
 def _segment_prompts(
     predictor: Any,
     boxes: Optional[np.ndarray],
@@ -115,14 +108,7 @@ def _segment_prompts(
         prompts["point_labels"] = np.repeat(labels[None], n, axis=0)
     masks, scores, _ = predictor.predict_batch(**prompts)
     masks, scores = np.asarray(masks)[:, 0], np.asarray(scores)[:, 0]
-    if boxes is not None:
-        out_boxes = boxes.copy()
-        out_boxes[:, 0::2] = out_boxes[:, 0::2].clip(0, width)
-        out_boxes[:, 1::2] = out_boxes[:, 1::2].clip(0, height)
-    else:
-        fallback = [*points.min(axis=0), *(points.max(axis=0) + 1)]
-        out_boxes = np.asarray([_mask_box(m) or fallback for m in masks], dtype=np.float64)
-    return Results(out_boxes, scores, np.zeros(len(masks), np.int64), masks, list(PROMPT_CLASS_NAMES), (height, width))
+    return prompt_results(masks, scores, boxes, points, (height, width))
 
 
 def make_segment_fn(

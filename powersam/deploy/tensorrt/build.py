@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
-from ..metadata import KEY_PREFIX, GraphMetadata
+from ...runtime.metadata import KEY_PREFIX, GraphMetadata
 from .availability import ENGINE_SUFFIX, engine_metadata_path, require_tensorrt
 
 logger = logging.getLogger(__name__)

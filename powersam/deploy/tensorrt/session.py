@@ -7,7 +7,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from ..metadata import GraphMetadata
+from ...runtime.metadata import GraphMetadata
 from .availability import ENGINE_SUFFIX, check_cuda, engine_metadata_path, require_tensorrt
 
 __all__ = ["TensorRTSession", "load_engine"]

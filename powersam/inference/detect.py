@@ -1,0 +1,148 @@
+"""Detect and segment one image: the one implementation behind every backend's ``predict``.
+
+The stages, in order (names as in ``Results.speed`` and ``powersam bench``):
+
+==============  ====================================================================================================
+preprocess      load the image (:func:`powersam.io.load_image`) and build the network inputs (backend:
+                resize-longest-side, normalise, zero-pad; a decoupled model's detector input too)
+encoder …       the backend's detection stages: ``encoder`` + ``bbpg`` + ``detect`` (PyTorch integrated),
+                ``det_preprocess`` + ``detector`` + ``detect`` + ``encoder`` (PyTorch decoupled), or ``network``
+                (an exported graph that detects and decodes in one call)
+decoder         prompt encoder + mask decoder for the kept boxes (single-mask output) → N×1×s×s low-res logits
+postprocess     upsample the logits to the original image and threshold; boxes back to original pixels
+==============  ====================================================================================================
+
+A backend (:class:`DetectBackend`) only runs networks and converts arrays; argument checks, the class filter, box
+rescaling, empty results and timings are here. NumPy only: the torch-free runtime uses this module.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Protocol, Sequence
+
+import numpy as np
+
+from ..io import load_image
+from ..results import Results
+from .timing import StageTimer
+
+__all__ = ["DetectBackend", "Detections", "check_detection_args", "class_filter", "detect_and_segment"]
+
+Size = tuple[int, int]
+
+
+@dataclass
+class Detections:
+    """What a backend's detection stages found in one image, in the **input frame** (the resized, unpadded image).
+
+    Attributes:
+        boxes: N×4 float32 xyxy, clamped to ``input_size`` (the mask decoder only sees the real image area).
+        scores: N float32, highest first.
+        labels: N int64 class indices.
+        input_size: (h, w) of the resized image inside the S×S network input.
+        state: whatever the backend needs to decode masks later (the image embedding, or the graph's mask logits).
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    input_size: Size
+    state: Any = None
+
+
+class DetectBackend(Protocol):
+    """The tensor-level half of a detect-and-segment model (PyTorch module, ONNX Runtime session, TensorRT engine)."""
+
+    class_names: list[str]
+
+    def detection_defaults(self) -> tuple[float, float, int]:
+        """(conf, iou, max_det) used where the caller passes None."""
+
+    def detect(self, rgb: np.ndarray, conf: float, iou: float, max_det: int, timer: StageTimer) -> Detections:
+        """H×W×3 uint8 RGB → :class:`Detections`, timing its own stages (``preprocess``, ``encoder`` …) on ``timer``."""
+
+    def decode(self, detections: Detections, keep: np.ndarray) -> Any:
+        """Low-res mask logits K×1×s×s (backend array) of the detections at indices ``keep`` (K int64)."""
+
+    def upsample(self, low_res: Any, input_size: Size, original_size: Size) -> np.ndarray:
+        """K×1×s×s logits → K×1×H×W bool masks at the original resolution (NumPy)."""
+
+
+def check_detection_args(
+    conf: Optional[float], iou: Optional[float], max_det: Optional[int], defaults: tuple[float, float, int]
+) -> tuple[float, float, int]:
+    """Fill None from ``defaults`` and validate: conf and iou in [0, 1], max_det >= 0 (ValueError otherwise)."""
+    conf = defaults[0] if conf is None else float(conf)
+    iou = defaults[1] if iou is None else float(iou)
+    max_det = defaults[2] if max_det is None else int(max_det)
+    if not 0.0 <= conf <= 1.0 or not 0.0 <= iou <= 1.0:
+        raise ValueError(f"conf and iou must be in [0, 1], got conf={conf}, iou={iou}")
+    if max_det < 0:
+        raise ValueError(f"max_det must be >= 0, got {max_det}")
+    return conf, iou, max_det
+
+
+def class_filter(classes: Optional[Sequence[str]], class_names: Sequence[str]) -> Optional[set[int]]:
+    """Class indices of the names in ``classes`` (None: keep all); ValueError naming unknown classes."""
+    if classes is None:
+        return None
+    unknown = [c for c in classes if c not in class_names]
+    if unknown:
+        raise ValueError(f"unknown class name(s) {unknown}; this model knows {list(class_names)}")
+    return {list(class_names).index(c) for c in classes}
+
+
+def boxes_to_original(boxes: np.ndarray, input_size: Sequence[int], original_size: Sequence[int]) -> np.ndarray:
+    """N×4 input-frame xyxy → original pixels (float32), clipped to the image. The per-axis factors are the exact
+    resize ratios h/H and w/W (what :class:`~powersam.transforms.ResizeLongestSide` applies)."""
+    sy, sx = input_size[0] / original_size[0], input_size[1] / original_size[1]
+    to_original = np.array([1 / sx, 1 / sy, 1 / sx, 1 / sy], dtype=np.float32)
+    out = boxes.astype(np.float32) * to_original
+    h, w = original_size
+    out[:, [0, 2]] = out[:, [0, 2]].clip(0, w)
+    out[:, [1, 3]] = out[:, [1, 3]].clip(0, h)
+    return out
+
+
+def detect_and_segment(
+    backend: DetectBackend,
+    image: Any,
+    conf: Optional[float] = None,
+    iou: Optional[float] = None,
+    max_det: Optional[int] = None,
+    classes: Optional[Sequence[str]] = None,
+    timer: Optional[StageTimer] = None,
+) -> Results:
+    """Detect every object in ``image`` (path, PIL image or H×W×3 array) and segment each one → :class:`Results`
+    with boxes in original pixels, N×H×W bool masks and ``speed`` (milliseconds per stage)."""
+    conf, iou, max_det = check_detection_args(conf, iou, max_det, backend.detection_defaults())
+    wanted = class_filter(classes, backend.class_names)
+    timer = timer if timer is not None else StageTimer()
+    path = str(image) if isinstance(image, (str, Path)) else None
+    with timer("preprocess"):
+        rgb = load_image(image)
+    original_size = rgb.shape[:2]
+    dets = backend.detect(rgb, conf, iou, max_det, timer)
+    keep = np.arange(len(dets.boxes), dtype=np.int64)
+    if wanted is not None:
+        keep = keep[np.isin(dets.labels, sorted(wanted))]
+    if keep.size == 0:
+        empty = Results.empty(original_size, backend.class_names, image_path=path)
+        empty.speed = dict(timer.ms)
+        return empty
+    with timer("decoder"):
+        low_res = backend.decode(dets, keep)
+    with timer("postprocess"):
+        masks = backend.upsample(low_res, dets.input_size, original_size)
+        boxes = boxes_to_original(dets.boxes[keep], dets.input_size, original_size)
+    return Results(
+        boxes=boxes,
+        scores=dets.scores[keep].astype(np.float32),
+        labels=dets.labels[keep].astype(np.int64),
+        masks=masks[:, 0],
+        class_names=list(backend.class_names),
+        orig_shape=tuple(original_size),
+        image_path=path,
+        speed=dict(timer.ms),
+    )

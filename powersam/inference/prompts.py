@@ -1,0 +1,236 @@
+"""Interactive prompting: the one implementation behind every backend's ``predict`` / ``predict_batch``.
+
+:class:`PromptPipeline` owns what does not depend on the backend: loading the image, checking prompts (see
+:class:`~powersam.prompt_frame.PromptFrameMixin`), mapping them into the input frame, the no-prompt case, allocating
+the outputs and decoding ``chunk_size`` prompts at a time. A backend subclass supplies four tensor-level hooks:
+
+* ``_encode(rgb) -> None``: run the image encoder and call :meth:`set_image_embedding` (the stored embedding is a
+  backend array: a torch tensor on the device, or a NumPy array);
+* ``_decode_prompts(boxes, point_coords, point_labels, mask_input, multimask_output) -> (low_res B×C×s×s,
+  scores B×C)`` on **input-frame** NumPy prompts (any may be None), as backend arrays;
+* ``_upsample_into(low_res, out, return_logits)``: write B×C×H×W masks (bool, or float32 logits) into the NumPy
+  array ``out`` at the original resolution;
+* ``_num_outputs(multimask_output) -> int`` and ``_mask_input_size() -> int`` (s).
+
+NumPy only: the torch-free runtime's :class:`~powersam.runtime.OnnxSamPredictor` is one of the subclasses.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Union
+
+import numpy as np
+
+from ..io import ImageSource, load_image
+from ..prompt_frame import PromptFrameMixin
+from ..results import Results
+
+__all__ = ["PROMPT_CLASS_NAMES", "PromptPipeline", "as_finite_float", "prompt_results"]
+
+PROMPT_CLASS_NAMES: tuple[str, ...] = ("object",)
+
+Multimask = Union[bool, int]
+
+
+def as_finite_float(name: str, value: object) -> np.ndarray:
+    """``value`` as a float64 array; ValueError naming ``name`` if it holds NaN or infinity."""
+    array = np.asarray(value, dtype=np.float64)
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return array
+
+
+class PromptPipeline(PromptFrameMixin):
+    """Shared ``set_image`` / ``predict`` / ``predict_batch`` of the interactive predictors (see the module doc)."""
+
+    # Converts one prompt input to a finite float64 array; the torch predictor also accepts tensors.
+    _as_float: Callable[[str, object], np.ndarray] = staticmethod(as_finite_float)
+
+    # ------------------------------------------------------------------ backend hooks
+    def _encode(self, rgb: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _decode_prompts(
+        self,
+        boxes: Optional[np.ndarray],
+        point_coords: Optional[np.ndarray],
+        point_labels: Optional[np.ndarray],
+        mask_input: Optional[np.ndarray],
+        multimask_output: Multimask,
+    ) -> tuple[Any, Any]:
+        raise NotImplementedError
+
+    def _upsample_into(self, low_res: Any, out: np.ndarray, return_logits: bool) -> None:
+        raise NotImplementedError
+
+    def _num_outputs(self, multimask_output: Multimask) -> int:
+        raise NotImplementedError
+
+    def _mask_input_size(self) -> int:
+        raise NotImplementedError
+
+    @staticmethod
+    def _to_numpy(array: Any) -> np.ndarray:
+        """A backend array as float32 NumPy (torch tensors are moved to the CPU by the subclass's override)."""
+        return np.asarray(array, dtype=np.float32)
+
+    # ------------------------------------------------------------------ image
+    @staticmethod
+    def _load_rgb(image: ImageSource, image_format: str = "RGB") -> np.ndarray:
+        """``image`` → H×W×3 uint8 RGB; ``image_format="BGR"`` flips a NumPy array's channels (files and PIL images
+        always load as RGB)."""
+        if image_format not in ("RGB", "BGR"):
+            raise ValueError(f"image_format must be 'RGB' or 'BGR'; got {image_format!r}")
+        if image_format == "BGR" and not isinstance(image, np.ndarray):
+            raise ValueError("image_format='BGR' only applies to numpy arrays; files and PIL images load as RGB")
+        rgb = load_image(image)
+        if image_format == "BGR":
+            rgb = np.ascontiguousarray(rgb[..., ::-1])
+        return rgb
+
+    def set_image(self, image: ImageSource, image_format: str = "RGB") -> None:
+        """Run the image encoder once on ``image`` (anything :func:`powersam.io.load_image` accepts).
+
+        ``image_format`` ("RGB" or "BGR") describes the channel order of an ndarray input; files and PIL
+        images are always decoded as RGB, so "BGR" is only accepted for arrays.
+        """
+        self._encode(self._load_rgb(image, image_format))
+
+    # ------------------------------------------------------------------ prediction
+    def predict(
+        self,
+        point_coords: Optional[np.ndarray] = None,
+        point_labels: Optional[np.ndarray] = None,
+        box: Optional[np.ndarray] = None,
+        mask_input: Optional[np.ndarray] = None,
+        multimask_output: Multimask = True,
+        return_logits: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Predict masks for one prompt set (same semantics as segment-anything's ``SamPredictor.predict``).
+
+        Args:
+            point_coords: N×2 (x, y) points in original pixels; needs ``point_labels``.
+            point_labels: N labels, 1 foreground, 0 background, -1 ignored.
+            box: length-4 xyxy box in original pixels (1×4 accepted); clipped to the image like
+                :meth:`predict_batch`.
+            mask_input: 1×s×s low-res logits from a previous call (s = 256 for SAM at 1024).
+            multimask_output: True → 3 masks (C=3), False → 1. PowerSAM's decoder also accepts an int mask
+                count (1, 3 or 4 = all tokens); segment-anything's only takes a bool.
+            return_logits: return float logits instead of bool masks.
+
+        Returns:
+            ``(masks C×H×W bool or float32, iou_scores C float32, low_res_logits C×s×s float32)``.
+        """
+        self._require_image()
+        box, point_coords, point_labels, mask_input = self._single_prompt_as_batch(
+            point_coords, point_labels, box, mask_input, self._mask_input_size(), self._as_float
+        )
+        masks, scores, low_res = self.predict_batch(
+            boxes=box, point_coords=point_coords, point_labels=point_labels, mask_input=mask_input,
+            multimask_output=multimask_output, return_logits=return_logits,
+        )
+        if masks.shape[0] == 0:  # no prompt at all: SAM still decodes once with only the output tokens
+            low_res_b, scores_b = self._decode_prompts(None, None, None, None, multimask_output)
+            height, width = self._original_size
+            masks = np.empty((1, low_res_b.shape[1], height, width), dtype=np.float32 if return_logits else np.bool_)
+            self._upsample_into(low_res_b, masks, return_logits)
+            scores, low_res = self._to_numpy(scores_b), self._to_numpy(low_res_b)
+        return masks[0], scores[0], low_res[0]
+
+    def predict_batch(
+        self,
+        boxes: Optional[np.ndarray] = None,
+        point_coords: Optional[np.ndarray] = None,
+        point_labels: Optional[np.ndarray] = None,
+        mask_input: Optional[np.ndarray] = None,
+        multimask_output: Multimask = False,
+        return_logits: bool = False,
+        chunk_size: int = 64,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Predict one mask set per prompt for N prompts, decoding ``chunk_size`` prompts at a time.
+
+        Args:
+            boxes: N×4 xyxy in original pixels. Boxes reaching outside the image are clipped to it (warned
+                once per predictor); a box with zero width or height after clipping raises ValueError.
+            point_coords: N×K×2 (x, y) in original pixels, with ``point_labels`` N×K in {-1, 0, 1}.
+            mask_input: N×1×s×s low-res logits.
+            The prompt kinds given are combined per prompt index and must agree on N.
+
+        Returns:
+            ``(masks N×C×H×W bool (float32 if return_logits), scores N×C float32, low_res N×C×s×s float32)``,
+            C = 3 with ``multimask_output`` else 1 (or the int count given). N = 0 returns empty arrays
+            without running the decoder. Masks are upsampled a chunk at a time into a preallocated array.
+        """
+        self._require_image()
+        if chunk_size <= 0:
+            raise ValueError(f"chunk_size must be a positive integer; got {chunk_size}")
+        boxes, point_coords, point_labels, mask_input, n = self._validate_batch_prompts(
+            boxes, point_coords, point_labels, mask_input, self._mask_input_size(), self._as_float
+        )
+        num_masks = self._num_outputs(multimask_output)
+        height, width = self._original_size
+        s = self._mask_input_size()
+        masks = np.empty((n, num_masks, height, width), dtype=np.float32 if return_logits else np.bool_)
+        scores = np.empty((n, num_masks), dtype=np.float32)
+        low_res = np.empty((n, num_masks, s, s), dtype=np.float32)
+        if n == 0:
+            return masks, scores, low_res
+
+        # Prompts go to the input frame in float64 (segment-anything's apply_coords), then chunk by chunk to the
+        # backend, which casts to its own dtype.
+        boxes = None if boxes is None else self._to_input_frame(boxes)
+        point_coords = None if point_coords is None else self._to_input_frame(point_coords)
+        for start in range(0, n, chunk_size):
+            stop = min(start + chunk_size, n)
+            low_res_c, scores_c = self._decode_prompts(
+                None if boxes is None else boxes[start:stop],
+                None if point_coords is None else point_coords[start:stop],
+                None if point_labels is None else point_labels[start:stop],
+                None if mask_input is None else mask_input[start:stop],
+                multimask_output,
+            )
+            if low_res_c.shape[1] != num_masks:
+                raise ValueError(
+                    f"the mask decoder returned {low_res_c.shape[1]} masks per prompt for "
+                    f"multimask_output={multimask_output!r}; expected {num_masks}"
+                )
+            # Upsample straight into the preallocated output: no full-size float copy of the chunk.
+            self._upsample_into(low_res_c, masks[start:stop], return_logits)
+            scores[start:stop] = self._to_numpy(scores_c)
+            low_res[start:stop] = self._to_numpy(low_res_c)
+        return masks, scores, low_res
+
+
+def _mask_box(mask: np.ndarray) -> Optional[list[float]]:
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return None
+    return [float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1)]
+
+
+def prompt_results(
+    masks: np.ndarray,
+    scores: np.ndarray,
+    boxes: Optional[np.ndarray],
+    points: Optional[np.ndarray],
+    original_size: tuple[int, int],
+) -> Results:
+    """Prompted masks as :class:`Results` of the single class ``"object"``.
+
+    Args:
+        masks: N×H×W bool, scores: N predicted IoU, boxes: the N×4 prompt boxes (original pixels) or None,
+        points: the clicks (K×2, or N×K×2) when there are no boxes.
+
+    Each result's box is its prompt box clipped to the image, or without boxes the mask's bounding box (the clicks'
+    bounding box when the mask is empty).
+    """
+    height, width = original_size
+    if boxes is not None:
+        out_boxes = np.asarray(boxes, dtype=np.float64).copy()
+        out_boxes[:, 0::2] = out_boxes[:, 0::2].clip(0, width)
+        out_boxes[:, 1::2] = out_boxes[:, 1::2].clip(0, height)
+    else:
+        clicks = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+        fallback = [*clicks.min(axis=0), *(clicks.max(axis=0) + 1)]
+        out_boxes = np.asarray([_mask_box(m) or fallback for m in masks], dtype=np.float64).reshape(-1, 4)
+    return Results(out_boxes, scores, np.zeros(len(masks), np.int64), masks, list(PROMPT_CLASS_NAMES),
+                   (height, width))

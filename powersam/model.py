@@ -1,0 +1,398 @@
+"""One model object for every backend: ``powersam.load(source)`` → :class:`Model`.
+
+``source`` is a zoo name, a PowerSAM checkpoint (or an official one with ``name=``), a built ``nn.Module``, an
+exported ``.onnx`` graph, an interactive pair (folder, or either file), a folder written by :meth:`Model.export`,
+a TensorRT ``.engine``, or a list of such files. Whatever it is, the same calls work:
+
+* :meth:`Model.predict` — detect and segment (models with a box-prompt generator or detector);
+* :meth:`Model.set_image` / :meth:`Model.segment` — prompt with boxes, points and masks;
+* :meth:`Model.val` — mIoU with GT prompts and COCO AP on a dataset;
+* :meth:`Model.export` — ``"onnx"``, ``"onnx-int8"``, ``"onnx-fp16"``, ``"tensorrt"`` (PyTorch models);
+* :meth:`Model.info` — what it is and where it runs.
+
+Both halves run the shared pipelines of :mod:`powersam.inference`; a backend only supplies the tensors. This module
+imports torch only when the source is a PyTorch model, so an ONNX model loads on a torch-free device.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+
+from .inference.prompts import prompt_results
+from .inference.timing import StageTimer
+from .io import ImageSource, load_image
+from .results import Results
+
+__all__ = ["EXPORT_FORMATS", "Model", "load"]
+
+PathLike = Union[str, Path]
+EXPORT_FORMATS = ("onnx", "onnx-int8", "onnx-fp16", "tensorrt")
+_EXPORTED_SUFFIXES = (".onnx", ".engine")
+# File names Model.export writes into its folder; load(folder) looks for them.
+INTEGRATED_NAME, ENCODER_NAME, DECODER_NAME = "model", "encoder", "decoder"
+
+
+class Model:
+    """A detect-and-segment and/or promptable model on one backend (see the module doc).
+
+    Attributes:
+        backend: ``"torch"``, ``"onnx"`` or ``"tensorrt"``.
+        detector: what :meth:`predict` runs (``PowerSAM`` / ``DecoupledPowerSAM`` module, or the runtime's
+            ``OnnxPowerSAM``), or None for a prompt-only model.
+        predictor: what :meth:`segment` runs (``SamPredictor`` or ``OnnxSamPredictor``), or None.
+        module: the PyTorch module (torch backend only).
+    """
+
+    def __init__(self, backend: str, detector: Any = None, predictor: Any = None, module: Any = None,
+                 source: Optional[str] = None) -> None:
+        if detector is None and predictor is None:
+            raise ValueError("a Model needs a detector, a predictor, or both")
+        self.backend = backend
+        self.detector = detector
+        self.predictor = predictor
+        self.module = module
+        self.source = source
+
+    def __repr__(self) -> str:
+        return f"Model({self.model_name!r}, backend={self.backend!r}, detect={self.can_detect}, segment={self.can_segment})"
+
+    # ------------------------------------------------------------------ description
+    @property
+    def can_detect(self) -> bool:
+        return self.detector is not None
+
+    @property
+    def can_segment(self) -> bool:
+        return self.predictor is not None
+
+    @property
+    def class_names(self) -> list[str]:
+        """Detector classes (empty for a prompt-only model)."""
+        return list(getattr(self.detector, "class_names", []) or [])
+
+    names = class_names
+
+    @property
+    def model_name(self) -> str:
+        if self.module is not None:
+            return str(getattr(self.module, "model_name", type(self.module).__name__))
+        holder = self.detector if self.detector is not None else self.predictor
+        return str(holder.metadata.model_name)
+
+    @property
+    def img_size(self) -> int:
+        holder = self.detector if self.detector is not None else self.predictor
+        return int(holder.img_size)
+
+    def info(self) -> dict[str, Any]:
+        """``{"model", "backend", "img_size", "detect", "segment", "class_names", ...}``: parameters and device for
+        PyTorch, execution providers and graph files for exports."""
+        out: dict[str, Any] = {
+            "model": self.model_name, "backend": self.backend, "img_size": self.img_size,
+            "detect": self.can_detect, "segment": self.can_segment, "class_names": self.class_names,
+        }
+        if self.module is not None:
+            out["params"] = int(sum(p.numel() for p in self.module.parameters()))
+            out["device"] = str(self.module.pixel_mean.device)
+        else:
+            sessions = [s for s in (getattr(self.detector, "session", None), getattr(self.predictor, "encoder", None),
+                                    getattr(self.predictor, "decoder", None)) if s is not None]
+            out["providers"] = sessions[0].providers
+            out["graphs"] = [str(s.path) for s in sessions]
+        return out
+
+    # ------------------------------------------------------------------ detect and segment
+    def predict(
+        self,
+        images: Union[ImageSource, Sequence[ImageSource]],
+        conf: Optional[float] = None,
+        iou: Optional[float] = None,
+        max_det: Optional[int] = None,
+        classes: Optional[Sequence[str]] = None,
+    ) -> Union[Results, list[Results]]:
+        """Detect and segment: one image (path, PIL image or H×W×3 array) → :class:`Results`; a list → a list.
+
+        ``conf`` score threshold, ``iou`` class-aware NMS IoU, ``max_det`` detection cap (None: the model's
+        defaults), ``classes`` class names to keep. Results carry ``speed`` (ms per stage)."""
+        if self.detector is None:
+            raise ValueError(f"{self.model_name} has no box-prompt generator or detector: use segment() with prompts")
+        if isinstance(images, (list, tuple)):
+            return [self.detector.predict(image, conf=conf, iou=iou, max_det=max_det, classes=classes)
+                    for image in images]
+        return self.detector.predict(images, conf=conf, iou=iou, max_det=max_det, classes=classes)
+
+    __call__ = predict
+
+    # ------------------------------------------------------------------ prompting
+    def _require_predictor(self) -> Any:
+        if self.predictor is None:
+            raise ValueError(f"{self.model_name} ({self.backend}) cannot be prompted: it has no encoder/decoder pair "
+                             "(load the interactive export too)")
+        return self.predictor
+
+    def set_image(self, image: ImageSource, image_format: str = "RGB") -> "Model":
+        """Encode ``image`` once for any number of :meth:`segment` calls; returns self."""
+        timer = StageTimer()
+        with timer("encoder"):
+            self._require_predictor().set_image(image, image_format=image_format)
+        self._encode_ms = timer.ms
+        return self
+
+    def segment(
+        self,
+        image: Optional[ImageSource] = None,
+        boxes: Optional[np.ndarray] = None,
+        points: Optional[np.ndarray] = None,
+        labels: Optional[np.ndarray] = None,
+        mask: Optional[np.ndarray] = None,
+        chunk_size: int = 64,
+    ) -> Results:
+        """Masks for prompts in original pixels, on ``image`` (or the one given to :meth:`set_image`).
+
+        Args:
+            boxes: N×4 xyxy, one mask each.
+            points: K×2 (x, y) clicks with ``labels`` K (1 foreground, 0 background): added to every box, or one
+                prompt of K clicks without boxes; or N×K×2 with labels N×K, one click set per prompt.
+            mask: N×1×s×s low-res logits from a previous call (``Results`` do not carry them: use
+                ``model.predictor.predict_batch`` to get them).
+
+        Returns:
+            :class:`Results` with N single-mask outputs (class ``"object"``), the predicted IoU as score, the given
+            boxes (clipped) or each mask's bounding box, and ``speed`` (``encoder`` when ``image`` is given,
+            ``decoder`` = prompt encoder + mask decoder + upsampling).
+        """
+        predictor = self._require_predictor()
+        speed: dict[str, float] = {}
+        if image is not None:
+            self.set_image(image)
+            speed.update(self._encode_ms)
+        if not predictor.is_image_set:
+            raise RuntimeError("no image: pass image= or call set_image first")
+        if (points is None) != (labels is None):
+            raise ValueError("points and labels must be given together")
+        if boxes is None and points is None and mask is None:
+            raise ValueError("segment() needs prompts: boxes=, points= with labels=, or mask=")
+        prompts: dict[str, Any] = {}
+        n = None
+        if boxes is not None:
+            prompts["boxes"] = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+            n = len(prompts["boxes"])
+        if points is not None:
+            points, labels = np.asarray(points, dtype=np.float64), np.asarray(labels)
+            if points.ndim == 2:  # the same clicks for every prompt
+                points, labels = np.repeat(points[None], n or 1, axis=0), np.repeat(labels[None], n or 1, axis=0)
+            prompts["point_coords"], prompts["point_labels"] = points, labels
+        if mask is not None:
+            prompts["mask_input"] = np.asarray(mask, dtype=np.float32)
+        timer = StageTimer()
+        with timer("decoder"):
+            masks, scores, _ = predictor.predict_batch(**prompts, multimask_output=False, chunk_size=chunk_size)
+        result = prompt_results(masks[:, 0], scores[:, 0], prompts.get("boxes"), prompts.get("point_coords"),
+                                predictor.original_size)
+        result.speed = {**speed, **timer.ms}
+        return result
+
+    # ------------------------------------------------------------------ evaluation
+    def val(
+        self,
+        data: Any,
+        split: Optional[str] = "val",
+        prompts: Sequence[str] = ("box", "point"),
+        refine_iters: int = 2,
+        max_images: Optional[int] = None,
+        conf: float = 0.001,
+        iou: float = 0.65,
+        max_det: int = 100,
+        progress: bool = False,
+        **miou_options: Any,
+    ) -> dict[str, Any]:
+        """Evaluate on a COCO dataset (folder / ``annotations.json`` path, or a ``CocoInstances``).
+
+        Returns ``{"miou": evaluate_miou(...)}`` when the model can be prompted and ``{"det": evaluate_detection(...)}``
+        (COCO box and mask AP at ``conf``/``iou``/``max_det``) when it detects; see those functions for the keys.
+        Needs torch (the evaluation code uses it), whatever the backend.
+        """
+        from .eval.detection import evaluate_detection
+        from .eval.miou import evaluate_miou
+
+        if isinstance(data, (str, Path)):
+            from .data.coco import CocoInstances
+
+            data = CocoInstances(data, split=split, load_masks=True)
+        out: dict[str, Any] = {}
+        if self.predictor is not None:
+            out["miou"] = evaluate_miou(self.predictor, data, prompts=prompts, refine_iters=refine_iters,
+                                        max_images=max_images, progress=progress, **miou_options)
+        if self.detector is not None:
+            out["det"] = evaluate_detection(self, data, max_images=max_images, conf=conf, iou=iou, max_det=max_det,
+                                            progress=progress)
+        return out
+
+    # ------------------------------------------------------------------ export
+    def export(self, format: str = "onnx", out: PathLike = "export", *, calib: Any = None, num_calib: int = 32,
+               **options: Any) -> list[Path]:
+        """Export a PyTorch model into the folder ``out`` → the files to deploy (``powersam.load`` takes the list).
+
+        ``model.onnx`` (integrated detect-and-segment graph, when the model detects) and the interactive pair
+        ``encoder.onnx`` + ``decoder.onnx``; then by ``format``: ``"onnx"`` those; ``"onnx-int8"`` their static INT8
+        twins ``*.int8.onnx`` calibrated on ``calib`` images (the decoder stays float); ``"onnx-fp16"`` FP16 twins
+        ``*.fp16.onnx``; ``"tensorrt"`` one ``.engine`` per graph (TensorRT >= 10 and an NVIDIA GPU). ``options`` go
+        to :func:`~powersam.deploy.onnx_export.export_onnx` (``opset``, ``conf``, ``iou``, ``max_det``, ...).
+        """
+        if format not in EXPORT_FORMATS:
+            raise ValueError(f"format must be one of {EXPORT_FORMATS}; got {format!r}")
+        if self.module is None:
+            raise ValueError(f"{self.model_name} is already an export ({self.backend}); export the PyTorch model")
+        from .deploy.onnx_export import export_onnx
+
+        if format == "tensorrt":
+            from .deploy.tensorrt import require_tensorrt
+
+            require_tensorrt()  # before exporting: without TensorRT or a GPU there is nothing to build
+        for new, old in (("conf", "score_thr"), ("iou", "nms_iou")):  # the exporter's own names
+            if new in options:
+                options[old] = options.pop(new)
+        folder = Path(out)
+        graphs: list[Path] = []
+        if self.detector is not None:
+            graphs += export_onnx(self.module, folder / f"{INTEGRATED_NAME}.onnx", **options)
+        if self.predictor is not None:
+            pair_options = {k: v for k, v in options.items() if k not in ("score_thr", "nms_iou", "max_det")}
+            graphs += export_onnx(self.module, folder, interactive=True, **pair_options)
+        if format == "onnx":
+            return graphs
+        if format == "onnx-int8":
+            from .deploy.quantize import quantize_export
+
+            int8 = quantize_export(graphs, calib, num_calib)
+            return int8 + [g for g in graphs if g.stem == DECODER_NAME]
+        if format == "onnx-fp16":
+            import argparse
+
+            from .deploy.precision import fp16_runner
+
+            # fp16_runner writes the twins (an interactive pair's twins name each other as partners)
+            written = fp16_runner(lambda args: graphs)(argparse.Namespace(fp16=True))
+            return written[len(graphs):]
+        from .deploy.tensorrt import ENGINE_SUFFIX, build_engine
+
+        return [build_engine(g, g.with_suffix(ENGINE_SUFFIX), calib_images=calib, num_calib=num_calib) for g in graphs]
+
+
+# ------------------------------------------------------------------------------------------------------- loading
+def _is_exported(path: Path) -> bool:
+    return path.suffix.lower() in _EXPORTED_SUFFIXES or (path.is_dir() and any(
+        (path / f"{stem}{ext}").is_file() for stem in (INTEGRATED_NAME, ENCODER_NAME) for ext in _EXPORTED_SUFFIXES))
+
+
+def _open_exported(paths: list[Path], providers: Any, threads: Optional[int]) -> Model:
+    """Exported graphs/engines (any of: integrated, encoder, decoder; a missing partner is found beside its half)."""
+    from .runtime import GraphSession, OnnxPowerSAM, OnnxSamPredictor
+
+    engines = {p.suffix.lower() == ".engine" for p in paths}
+    if len(engines) > 1:
+        raise ValueError("mix of .onnx graphs and .engine files; load one kind")
+    if engines == {True}:
+        from .deploy.tensorrt import TensorRTSession
+
+        open_session, backend = TensorRTSession, "tensorrt"
+    else:
+        def open_session(path: Path) -> Any:
+            return GraphSession(path, providers, threads)
+        backend = "onnx"
+    sessions = [open_session(p) for p in paths]
+    by_kind: dict[str, Any] = {}
+    for session in sessions:
+        kind = session.metadata.graph
+        if kind in by_kind:
+            raise ValueError(f"two {kind} graphs given: {by_kind[kind].path} and {session.path}")
+        by_kind[kind] = session
+    for half, other in (("encoder", "decoder"), ("decoder", "encoder")):
+        if half in by_kind and other not in by_kind:
+            partner = by_kind[half].metadata.partner
+            partner_path = by_kind[half].path.parent / (partner or "")
+            if not partner or not partner_path.is_file():
+                raise FileNotFoundError(f"{by_kind[half].path} is the {half} of an interactive pair; its partner "
+                                        f"{partner_path} is missing")
+            by_kind[other] = open_session(partner_path)
+    detector = OnnxPowerSAM(by_kind["integrated"]) if "integrated" in by_kind else None
+    predictor = OnnxSamPredictor(by_kind["encoder"], by_kind["decoder"]) if "encoder" in by_kind else None
+    return Model(backend, detector=detector, predictor=predictor, source=", ".join(str(p) for p in paths))
+
+
+def _exported_files(path: Path) -> list[Path]:
+    if not path.is_dir():
+        return [path]
+    for ext in _EXPORTED_SUFFIXES:
+        found = [path / f"{stem}{ext}" for stem in (INTEGRATED_NAME, ENCODER_NAME) if (path / f"{stem}{ext}").is_file()]
+        if found:
+            return found
+    raise FileNotFoundError(f"{path} holds no {INTEGRATED_NAME}.onnx or {ENCODER_NAME}.onnx (nor .engine)")
+
+
+def _torch_model(module: Any, source: str) -> Model:
+    from .models.powersam import DetectSegmentModel
+    from .predictor import SamPredictor
+
+    module = module.eval()
+    detector = module if isinstance(module, DetectSegmentModel) else None
+    has_decoder = hasattr(module, "prompt_encoder") and hasattr(module, "mask_decoder")
+    return Model("torch", detector=detector, predictor=SamPredictor(module) if has_decoder else None,
+                 module=module, source=source)
+
+
+def load(
+    source: Union[PathLike, Sequence[PathLike], Any],
+    *,
+    name: Optional[str] = None,
+    device: Optional[str] = None,
+    providers: Any = None,
+    threads: Optional[int] = None,
+    **build_options: Any,
+) -> Model:
+    """Open any PowerSAM model as a :class:`Model` (see the module doc for what ``source`` may be).
+
+    Args:
+        name: zoo name for an official checkpoint file (PowerSAM checkpoints record theirs).
+        device: PyTorch device (default: cuda when available, else cpu).
+        providers / threads: ONNX Runtime execution providers (default CPU) and intra-op threads.
+        build_options: passed to :func:`powersam.build_model` (``img_size``, ``class_names``, ``conf``, ``iou``,
+            ``max_det``, ``detector_checkpoint``, ...).
+    """
+    if isinstance(source, (list, tuple)):
+        paths = [Path(p) for p in source]
+        if not paths or not all(p.suffix.lower() in _EXPORTED_SUFFIXES for p in paths):
+            raise ValueError(f"a list source must hold exported .onnx/.engine files; got {list(source)}")
+        return _open_exported(paths, providers, threads)
+    if not isinstance(source, (str, Path)):  # a built nn.Module
+        if not hasattr(source, "image_encoder"):
+            raise TypeError(f"source must be a name, a path or a PowerSAM/SAM module; got {type(source).__name__}")
+        return _torch_model(_to_device(source, device), type(source).__name__)
+    path = Path(source)
+    if _is_exported(path):
+        if build_options or name or device:
+            raise ValueError(f"{sorted([*build_options, *(['name'] if name else []), *(['device'] if device else [])])}"
+                             " apply to PyTorch models; an export has its weights and settings built in "
+                             "(use providers= for ONNX Runtime)")
+        if not path.exists():
+            raise FileNotFoundError(f"exported model not found: '{path}'")
+        return _open_exported(_exported_files(path), providers, threads)
+    from .models.zoo import build_model, list_models
+
+    if path.is_file():
+        module = build_model(name, checkpoint=path, **build_options)
+    elif str(source) in list_models():
+        if name is not None and name != str(source):
+            raise ValueError(f"source {source!r} is a zoo name already; name={name!r} contradicts it")
+        module = build_model(str(source), **build_options)
+    else:
+        raise FileNotFoundError(f"{source!r} is neither a file nor a zoo name ({', '.join(list_models())})")
+    return _torch_model(_to_device(module, device), str(source))
+
+
+def _to_device(module: Any, device: Optional[str]) -> Any:
+    import torch
+
+    return module.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
