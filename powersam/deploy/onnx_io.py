@@ -9,6 +9,8 @@ from typing import Union
 
 import onnx
 
+from ..runtime.integrity import WEIGHTS_DIGEST_KEY, weights_digest
+
 __all__ = ["EXTERNAL_DATA_BYTES", "external_data_path", "is_large_graph", "save_onnx"]
 
 # Below protobuf's hard 2 GiB limit, with room for the graph itself.
@@ -46,6 +48,12 @@ def save_onnx(model: onnx.ModelProto, path: Union[str, Path], check: bool = True
     if data.exists():
         data.unlink()
     tmp = path.with_name(path.name + ".tmp")
+    # the weights' digest, which powersam.runtime checks before it runs the graph (a damaged file loads otherwise)
+    kept = [(p.key, p.value) for p in model.metadata_props if p.key != WEIGHTS_DIGEST_KEY]
+    del model.metadata_props[:]
+    for key, value in [*kept, (WEIGHTS_DIGEST_KEY, weights_digest(model))]:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
     if _tensor_bytes(model) > EXTERNAL_DATA_BYTES:
         # the data file name is relative to the graph file's folder: write it under its final name
         onnx.save(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name,

@@ -19,6 +19,7 @@ from __future__ import annotations
 from .integrated import OnnxPowerSAM
 from .predictor import OnnxSamPredictor
 from .loader import load
+from .integrity import GraphIntegrityError
 from .session import GraphSession, resolve_providers
 
-__all__ = ["GraphSession", "OnnxPowerSAM", "OnnxSamPredictor", "load", "resolve_providers"]
+__all__ = ["GraphIntegrityError", "GraphSession", "OnnxPowerSAM", "OnnxSamPredictor", "load", "resolve_providers"]

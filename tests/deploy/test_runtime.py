@@ -273,3 +273,42 @@ def test_mask_upsampling_matches_torch(backend, original, monkeypatch):
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-4)
     binary = rt_preprocess.upsample_masks(logits, input_size, original, size, chunk_size=3)
     assert binary.dtype == bool and (binary != (want > 0)).mean() < 1e-4
+
+
+# ------------------------------------------------------------------------------------------------ integrity
+def test_truncated_or_foreign_files_are_named_not_tracebacks(exported, tmp_path):
+    data = exported["integrated"].read_bytes()
+    (tmp_path / "truncated.onnx").write_bytes(data[: len(data) // 3])
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    (tmp_path / "text.onnx").write_text("not a graph")
+    for name, expected in (("truncated", "cannot load it"), ("empty", "empty"), ("text", "cannot load it")):
+        with pytest.raises(rt.GraphIntegrityError, match=expected):
+            rt.load(tmp_path / f"{name}.onnx")
+
+
+def test_damaged_weights_are_refused_by_their_digest(exported, tmp_path):
+    import onnx
+
+    model = onnx.load(str(exported["integrated"]))
+    assert any(p.key == "powersam.weights_sha256" for p in model.metadata_props)
+    largest = max(model.graph.initializer, key=lambda t: len(t.raw_data))
+    offset = bytes(exported["integrated"].read_bytes()).find(largest.raw_data) + len(largest.raw_data) // 2
+    data = bytearray(exported["integrated"].read_bytes())
+    data[offset : offset + 64] = bytes(range(64))  # what a few damaged bytes inside a weight tensor do
+    (tmp_path / "damaged.onnx").write_bytes(bytes(data))
+    with pytest.raises(rt.GraphIntegrityError, match="do not match the digest"):
+        rt.load(tmp_path / "damaged.onnx")
+
+
+def test_a_saturating_int8_graph_is_warned_about_on_cpus_without_vnni(tmp_path, monkeypatch, caplog):
+    from powersam.runtime import session as session_module
+
+    monkeypatch.setattr(session_module, "cpu_has_vnni", lambda: False)
+    props = {"powersam.quantization": "int8-qdq-static; weights int8 per-channel symmetric; activations uint8 per-tensor"}
+    with caplog.at_level("WARNING", logger="powersam.runtime.session"):
+        session_module._warn_if_saturating(tmp_path / "g.onnx", props)
+        assert "saturate" in caplog.text
+        caplog.clear()
+        seven = {"powersam.quantization": props["powersam.quantization"].replace("int8 per", "int8 (7-bit range) per")}
+        session_module._warn_if_saturating(tmp_path / "g.onnx", seven)
+        assert caplog.text == ""
