@@ -206,6 +206,9 @@ async def _read_inputs(request: Request, config: ServeConfig, with_prompts: bool
         if data is None and not with_prompts:
             raise ApiError(422, "missing_image", "image: the multipart body has no 'image' file part", "image")
         return data, prompts
+    if ctype == "application/x-www-form-urlencoded":
+        raise ApiError(415, "unsupported_media_type", "a URL-encoded form cannot carry an image: send multipart/form-data "
+                       "with an 'image' file part, or the raw image bytes as the body")
     if ctype == "application/json":
         if not with_prompts:
             raise ApiError(415, "unsupported_media_type", "send the image as a multipart 'image' file or as the raw "
