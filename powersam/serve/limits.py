@@ -131,7 +131,7 @@ def decode_image(data: bytes, max_side: int, field: str = "image") -> np.ndarray
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ApiError(413, "image_too_large", f"{field}: {err}", field) from None
+        raise ApiError(413, "image_too_large", f"{field} is too large to decode: {err}", field) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         head = data[:8].hex(" ")
         raise ApiError(415, "not_an_image", f"{field} is not an image file Pillow can read ({len(data)} bytes "
