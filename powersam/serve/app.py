@@ -206,15 +206,12 @@ async def _read_inputs(request: Request, config: ServeConfig, with_prompts: bool
         if data is None and not with_prompts:
             raise ApiError(422, "missing_image", "image: the multipart body has no 'image' file part", "image")
         return data, prompts
-    if ctype == "application/x-www-form-urlencoded":
-        raise ApiError(415, "unsupported_media_type", "a URL-encoded form cannot carry an image: send multipart/form-data "
-                       "with an 'image' file part, or the raw image bytes as the body")
     if ctype == "application/json":
         if not with_prompts:
             raise ApiError(415, "unsupported_media_type", "send the image as a multipart 'image' file or as the raw "
                            "request body (e.g. Content-Type: image/jpeg), not JSON")
         return None, body
-    return body, None
+    return body, None  # any other type is the raw image (curl --data-binary sends x-www-form-urlencoded)
 
 
 def create_app(model: Any, config: Optional[ServeConfig] = None, name: Optional[str] = None) -> FastAPI:

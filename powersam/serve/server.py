@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -121,8 +123,21 @@ def run_serve(args: argparse.Namespace) -> int:
     print(f"serving {service.name} ({service.model.backend}; detect={service.model.can_detect}, "
           f"segment={service.model.can_segment}) at {where}" + (" (API key required)" if app.state.config.api_key
                                                                   else ""), flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                timeout_graceful_shutdown=args.graceful_timeout, access_log=args.log_level == "debug")
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal to the handler it found: make that
+    # one a no-op so a graceful stop exits 0 (what supervisors and `docker stop` expect), not "killed by SIGTERM".
+    received: list[int] = []
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, lambda signum, frame: received.append(signum))
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
+                    timeout_graceful_shutdown=args.graceful_timeout, access_log=args.log_level == "debug")
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if received:
+        print(f"stopped on {signal.Signals(received[0]).name}: requests in flight finished", flush=True)
     return 0
 
 

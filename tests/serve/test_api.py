@@ -142,7 +142,10 @@ def test_detect_rejects_bad_images(onnx_model, image):
                  "photo", "unknown form field")
     assert_error(client.post("/v1/detect", data={"note": "x"}, files={"image": ("a.png", png, "image/png")}), 422,
                  "invalid_parameter", "note")
-    assert_error(client.post("/v1/detect", data={"image": "x"}), 415, "unsupported_media_type", None, "multipart")
+    # any other content type is the raw image (curl --data-binary sends application/x-www-form-urlencoded)
+    assert_error(client.post("/v1/detect", data={"image": "x"}), 415, "not_an_image", "image")
+    assert client.post("/v1/detect", content=png, headers={
+        "Content-Type": "application/x-www-form-urlencoded"}).status_code == 200
     assert_error(client.post("/v1/detect", content=b"--x\r\nbroken", headers={
         "Content-Type": "multipart/form-data; boundary=x"}), 422, "missing_image")
     # a 1×1 image, grayscale and RGBA images are fine
