@@ -94,6 +94,8 @@
     ctx.drawImage(bitmap, 0, 0);
     S.base = ctx.getImageData(0, 0, S.width, S.height);
     canvas.hidden = false;
+    $("drop").classList.add("compact");
+    fit();
     try {
       if (S.info.detect) {
         setState("busy", "detecting…");
@@ -119,6 +121,14 @@
   }
 
   // ------------------------------------------------------------------ drawing
+  function fit() {  // show the image as large as the page allows, small images scaled up, aspect kept
+    if (!S.width) return;
+    const room = canvas.parentElement.clientWidth, tall = window.innerHeight * 0.8;
+    const scale = S.scale = Math.min(room / S.width, tall / S.height);
+    canvas.style.width = `${Math.floor(S.width * scale)}px`;
+    canvas.style.height = `${Math.floor(S.height * scale)}px`;
+  }
+  window.addEventListener("resize", fit);
   const visible = () => S.instances.filter((inst) => inst.manual || inst.score >= Number($("conf").value));
   function render() {
     if (!S.base) return;
@@ -138,9 +148,9 @@
       paint(S.proposal.mask, [0, 229, 255], 0.6);
     }
     ctx.putImageData(out, 0, 0);
-    const line = Math.max(1, Math.round(Math.max(S.width, S.height) / 400));
+    const line = 2 / (S.scale || 1);  // 2 screen pixels, 12 px text, whatever the image's scale on the page
     ctx.lineWidth = line;
-    ctx.font = `${Math.max(10, Math.round(Math.max(S.width, S.height) / 60))}px sans-serif`;
+    ctx.font = `${Math.max(6, Math.round(12 / (S.scale || 1)))}px sans-serif`;
     shown.forEach((inst) => {
       const [x1, y1, x2, y2] = inst.box, color = css(classColor(inst.label));
       ctx.strokeStyle = color;
