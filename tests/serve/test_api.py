@@ -262,3 +262,15 @@ def test_unknown_routes_and_methods_are_json(onnx_model):
     client = make_client(onnx_model)
     assert_error(client.get("/v1/nothing"), 404, "not_found")
     assert_error(client.get("/v1/detect"), 405, "method_not_allowed")
+
+
+def test_cached_images_do_not_mix(any_model):
+    """Encode A, then B, then click on A: the mask is A's (the cache restores A's embedding and size)."""
+    client = make_client(any_model)
+    a, b = noise(90, 140, seed=21), noise(50, 60, seed=22)
+    id_a = client.post("/v1/segment", content=encode(a)).json()["image_id"]
+    id_b = client.post("/v1/segment", content=encode(b)).json()["image_id"]
+    for image, image_id, point in ((a, id_a, [100, 70]), (b, id_b, [30, 20]), (a, id_a, [20, 10])):
+        body = client.post("/v1/segment", json={"image_id": image_id, "points": [point], "labels": [1]}).json()
+        assert body["image_size"] == list(image.shape[:2])
+        np.testing.assert_array_equal(decode_masks(body), any_model.segment(image, points=[point], labels=[1]).masks)
