@@ -167,6 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_prune_arguments(p)
     p.set_defaults(func=run_prune)
 
+    p = sub.add_parser("serve", help="HTTP inference service and web page for one model (needs the serve extra)")
+    from .serve.server import add_serve_arguments, run_serve
+
+    add_serve_arguments(p)
+    p.set_defaults(func=run_serve)
+
     p = sub.add_parser(
         "convert",
         help="turn an mmengine/mmdet (or EdgeSAM training) checkpoint into a plain state dict, or a pickled SlimSAM "
@@ -194,6 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command == "serve":  # before build_parser, which imports torch: an ONNX model is served torch-free
+        from .serve.server import main as serve_main
+
+        return serve_main(argv[argv.index("serve") + 1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

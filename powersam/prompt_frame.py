@@ -45,6 +45,24 @@ class PromptFrameMixin:
     def multiscale_features(self) -> Optional[tuple[Any, ...]]:
         return self._multiscale_features
 
+    #: Attributes that hold the current image (see :meth:`image_state`); a predictor with more adds its own.
+    _IMAGE_STATE_ATTRS: tuple[str, ...] = ("_embedding", "_multiscale_features", "_original_size", "_input_size")
+
+    def image_state(self) -> dict[str, Any]:
+        """The current image's state (embedding, features, sizes), to put back later with
+        :meth:`restore_image_state` without running the encoder again (e.g. a server keeping several images'
+        embeddings). The arrays are shared with the predictor, not copied."""
+        self._require_image()
+        return {name: getattr(self, name) for name in self._IMAGE_STATE_ATTRS}
+
+    def restore_image_state(self, state: dict[str, Any]) -> None:
+        """Make the image of an earlier :meth:`image_state` the current one."""
+        missing = [name for name in self._IMAGE_STATE_ATTRS if name not in state]
+        if missing:
+            raise ValueError(f"image state lacks {missing}; pass what image_state() returned")
+        for name in self._IMAGE_STATE_ATTRS:
+            setattr(self, name, state[name])
+
     def reset_image(self) -> None:
         """Forget the current image and its embedding."""
         self._embedding: Any = None

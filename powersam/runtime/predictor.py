@@ -37,6 +37,8 @@ class OnnxSamPredictor(PromptPipeline):
     implementation the PyTorch :class:`~powersam.predictor.SamPredictor` shares; this class runs the graphs.
     """
 
+    _IMAGE_STATE_ATTRS = (*PromptPipeline._IMAGE_STATE_ATTRS, "_high_res")  # SAM 2's stride-4/8 features
+
     def __init__(self, encoder: GraphSession, decoder: GraphSession) -> None:
         if encoder.metadata.graph != "encoder" or decoder.metadata.graph != "decoder":
             raise ValueError(

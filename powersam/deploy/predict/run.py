@@ -96,6 +96,9 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     parser.add_argument("--model", default=None, help="zoo model name, or a .onnx file for the torch-free runtime "
                         "(optional with a checkpoint that records its model)")
     parser.add_argument("--checkpoint", type=Path, default=None, help="weights for a zoo model")
+    parser.add_argument("--server", default=None, metavar="URL",
+                        help="run on a `powersam serve` server instead of a local model (http://host:8000)")
+    parser.add_argument("--api-key", default=None, help="API key for --server (default: $POWERSAM_API_KEY)")
     parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
     parser.add_argument("--boxes", default=None, metavar="X0,Y0,X1,Y1;...",
                         help="box prompts in image pixels, the same for every image; with a detecting model they "
@@ -136,7 +139,14 @@ def run_predict(args: argparse.Namespace) -> int:
         points, labels = parse_points(args.points) if args.points is not None else (None, None)
         classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
         sources = collect_sources(args.source, recursive=args.recursive)
-        model = load_model(args.model, args.checkpoint, args.img_size, args.device)
+        if args.server:
+            if args.model or args.checkpoint or args.img_size or args.device:
+                raise ValueError("--server runs the server's model: drop --model, --checkpoint, --img-size, --device")
+            from ...client import Client
+
+            model = Client(args.server, api_key=args.api_key)
+        else:
+            model = load_model(args.model, args.checkpoint, args.img_size, args.device)
         summary = predict_sources(
             model, sources, args.out, boxes=boxes, points=points, point_labels=labels, conf=args.conf, iou=args.iou,
             max_det=args.max_det, classes=classes, overlay=not args.no_overlay, save_masks=args.save_masks,

@@ -72,7 +72,10 @@ def load_model(
 
 
 def can_detect(model: Any) -> bool:
-    """Whether ``model`` finds its own boxes: a ``predict`` and ``class_names``, and not an interactive predictor."""
+    """Whether ``model`` finds its own boxes: its ``can_detect`` (a ``powersam.Model`` or ``powersam.client.Client``),
+    else a ``predict`` and ``class_names``, and not an interactive predictor."""
+    if isinstance(getattr(model, "can_detect", None), bool):
+        return model.can_detect
     return (
         callable(getattr(model, "predict", None))
         and getattr(model, "class_names", None) is not None
@@ -127,6 +130,9 @@ def make_segment_fn(
     if boxes is not None or points is not None:
         if classes:
             raise ValueError("--classes filters detections; it cannot be combined with --boxes/--points")
+        if getattr(model, "can_segment", None) is True and callable(getattr(model, "segment", None)):
+            # a powersam.Model or a server (powersam.client.Client): its own segment() takes the same prompts
+            return partial(_segment_with, model, boxes, points, point_labels), "prompt"
         return partial(_segment_prompts, _prompt_predictor(model), boxes, points, point_labels), "prompt"
     if not can_detect(model):
         name = getattr(model, "model_name", type(model).__name__)
@@ -136,6 +142,11 @@ def make_segment_fn(
         if unknown:
             raise ValueError(f"unknown class name(s) {unknown}; this model knows {list(model.class_names)}")
     return partial(_detect, model, conf, iou, max_det, list(classes) if classes else None), "detect"
+
+
+def _segment_with(model: Any, boxes: Optional[np.ndarray], points: Optional[np.ndarray],
+                  labels: Optional[np.ndarray], rgb: np.ndarray) -> Results:
+    return model.segment(rgb, boxes=boxes, points=points, labels=labels)
 
 
 def _detect(model: Any, conf: Optional[float], iou: Optional[float], max_det: Optional[int],
