@@ -393,6 +393,6 @@ def load(
 
 
 def _to_device(module: Any, device: Optional[str]) -> Any:
-    import torch
+    from .utils.device import torch_device
 
-    return module.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return module.to(torch_device(device))

@@ -101,6 +101,20 @@ class PromptFrameMixin:
             )
         return clipped
 
+    def _warn_points_outside(self, point_coords: np.ndarray, point_labels: np.ndarray) -> None:
+        """Warn (once per predictor) about clicks outside the image: they are used as given, like SAM does, but
+        are almost always a coordinate mix-up (x/y swapped, another image's size)."""
+        height, width = self._original_size
+        real = point_labels != -1  # padding points carry no position
+        x, y = point_coords[..., 0], point_coords[..., 1]
+        outside = real & ((x < 0) | (y < 0) | (x > width) | (y > height))
+        if outside.any() and not getattr(self, "_warned_points", False):
+            self._warned_points = True
+            first = point_coords[outside][0].tolist()
+            warnings.warn(f"{int(outside.sum())} point(s) lie outside the {width}×{height} image (e.g. {first}); "
+                          "they are used as given (x is the column, y the row; warned once per predictor)",
+                          UserWarning, stacklevel=3)
+
     @staticmethod
     def _single_prompt_as_batch(point_coords, point_labels, box, mask_input, mask_size: int, as_float):
         """``predict``'s one prompt set → the 1-prompt batch ``predict_batch`` takes:
@@ -148,6 +162,7 @@ class PromptFrameMixin:
                 bad = sorted(set(np.unique(point_labels).tolist()) - set(VALID_POINT_LABELS))
                 raise ValueError(f"point_labels must be in {{-1, 0, 1}}; got {bad}")
             counts["point_coords"] = n
+            self._warn_points_outside(point_coords, point_labels)
         if mask_input is not None:
             mask_input = as_float("mask_input", mask_input)
             s = mask_size

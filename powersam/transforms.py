@@ -38,7 +38,8 @@ class ResizeLongestSide:
         if oldh <= 0 or oldw <= 0:
             raise ValueError(f"image size must be positive; got (h, w) = ({oldh}, {oldw})")
         scale = long_side_length * 1.0 / max(oldh, oldw)
-        return int(oldh * scale + 0.5), int(oldw * scale + 0.5)
+        # at least one pixel: a 3×5000 strip at S=256 would otherwise round its short side to 0
+        return max(1, int(oldh * scale + 0.5)), max(1, int(oldw * scale + 0.5))
 
     def apply_image(self, image: np.ndarray) -> np.ndarray:
         """Resize an H×W×3 (or H×W) ``uint8`` array with Pillow bilinear → h×w×3 ``uint8``."""

@@ -109,13 +109,14 @@ def _build(args: argparse.Namespace, **kwargs: Any) -> Any:
     import torch
 
     from powersam.models.zoo import build_model
+    from powersam.utils.device import torch_device
 
+    device = torch_device(args.device)  # checked before the (possibly slow) build
     if args.img_size is not None:
         kwargs["img_size"] = args.img_size
     if args.checkpoint is None:  # random weights (timing, smoke runs): the same for a model whatever came before
         torch.manual_seed(getattr(args, "seed", 0))
     model = build_model(args.model, checkpoint=args.checkpoint, **kwargs)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(device).eval()
 
 

@@ -39,6 +39,16 @@ def as_finite_float(name: str, value: object) -> np.ndarray:
     return array
 
 
+def check_multimask(multimask_output: Any) -> Any:
+    """``multimask_output`` if it is a bool or a mask count of 1, 3 or 4, else ValueError naming the value (a
+    negative count reached the decoder as "negative dimensions are not allowed")."""
+    if isinstance(multimask_output, (bool, np.bool_)):
+        return multimask_output
+    if isinstance(multimask_output, (int, np.integer)) and int(multimask_output) in (1, 3, 4):
+        return int(multimask_output)
+    raise ValueError(f"multimask_output must be True/False or a mask count of 1, 3 or 4; got {multimask_output!r}")
+
+
 class PromptPipeline(PromptFrameMixin):
     """Shared ``set_image`` / ``predict`` / ``predict_batch`` of the interactive predictors (see the module doc)."""
 
@@ -121,6 +131,7 @@ class PromptPipeline(PromptFrameMixin):
             ``(masks C×H×W bool or float32, iou_scores C float32, low_res_logits C×s×s float32)``.
         """
         self._require_image()
+        check_multimask(multimask_output)
         box, point_coords, point_labels, mask_input = self._single_prompt_as_batch(
             point_coords, point_labels, box, mask_input, self._mask_input_size(), self._as_float
         )
@@ -166,7 +177,7 @@ class PromptPipeline(PromptFrameMixin):
         boxes, point_coords, point_labels, mask_input, n = self._validate_batch_prompts(
             boxes, point_coords, point_labels, mask_input, self._mask_input_size(), self._as_float
         )
-        num_masks = self._num_outputs(multimask_output)
+        num_masks = self._num_outputs(check_multimask(multimask_output))
         height, width = self._original_size
         s = self._mask_input_size()
         masks = np.empty((n, num_masks, height, width), dtype=np.float32 if return_logits else np.bool_)

@@ -29,7 +29,8 @@ def preprocess_shape(height: int, width: int, long_side: int) -> Size:
     if height <= 0 or width <= 0:
         raise ValueError(f"image size must be positive; got (h, w) = ({height}, {width})")
     scale = long_side * 1.0 / max(height, width)
-    return int(height * scale + 0.5), int(width * scale + 0.5)
+    # at least one pixel: a 3×5000 strip at S=256 would otherwise round its short side to 0
+    return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
 
 
 def resize_longest_side(image: np.ndarray, long_side: int) -> np.ndarray:

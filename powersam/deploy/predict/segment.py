@@ -60,15 +60,20 @@ def load_model(
         return importlib.import_module("powersam.runtime").load(path, providers=providers)
     if model is None and checkpoint is None:
         raise ValueError("give --model (a zoo name or a .onnx file), --checkpoint, or both")
-    import torch
-
     from ...models.zoo import build_model
+    from ...utils.device import torch_device
 
+    target = torch_device(device)  # checked before the (possibly slow) build
+    if img_size is not None and (int(img_size) < 16 or int(img_size) % 16):
+        raise ValueError(f"--img-size must be a positive multiple of 16 (the encoder's stride); got {img_size}")
     kwargs = {} if img_size is None else {"img_size": int(img_size)}
     net = build_model(model, checkpoint=checkpoint, **kwargs)
+    if img_size is not None and int(getattr(net, "img_size", img_size)) != int(img_size):
+        raise ValueError(f"{checkpoint} was trained at img_size {net.img_size}, which it keeps; --img-size {img_size} "
+                         "cannot apply (drop it, or export/convert the model at that size)")
     if checkpoint is None:
         print(f"warning: no --checkpoint given; {net.model_name} runs with random weights", file=sys.stderr)
-    return net.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
+    return net.to(target).eval()
 
 
 def can_detect(model: Any) -> bool:
