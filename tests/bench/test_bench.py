@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from powersam.bench import pipelines as bench_pipelines
-from powersam.bench.cli import add_bench_arguments, benchmark, run_bench, write_bench_outputs
+from powersam.bench.suite import benchmark, write_bench_outputs
+from powersam.cli.bench import add_bench_arguments, run_bench
 from powersam.bench.pipelines import BenchSettings, RuntimeUnavailable, synthetic_boxes, synthetic_image
 from powersam.bench.runner import (
     Pipeline,
@@ -338,7 +339,7 @@ def test_benchmark_expands_groups_before_building(monkeypatch):
 
 
 def test_miou_json_of_several_models(tmp_path):
-    from powersam.bench.cli import load_miou_results
+    from powersam.bench.suite import load_miou_results
 
     combined = tmp_path / "all.json"
     combined.write_text(json.dumps({"models": {"edgesam": {"model": "edgesam", "miou": {"box": 1.0}},
