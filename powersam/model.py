@@ -269,13 +269,9 @@ class Model:
             int8 = quantize_export(graphs, calib, num_calib)
             return int8 + [g for g in graphs if g.stem == DECODER_NAME]
         if format == "onnx-fp16":
-            import argparse
+            from .deploy.precision import float16_twins
 
-            from .deploy.precision import fp16_runner
-
-            # fp16_runner writes the twins (an interactive pair's twins name each other as partners)
-            written = fp16_runner(lambda args: graphs)(argparse.Namespace(fp16=True))
-            return written[len(graphs):]
+            return float16_twins(graphs)  # an interactive pair's twins name each other as partners
         from .deploy.tensorrt import ENGINE_SUFFIX, build_engine
 
         return [build_engine(g, g.with_suffix(ENGINE_SUFFIX), calib_images=calib, num_calib=num_calib) for g in graphs]

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from powersam.inference.prompts import PromptPipeline, as_finite_float
+from powersam.inference.timing import StageTimer
 from powersam.transforms import (
     ResizeLongestSide,
     image_to_input_tensor,
@@ -69,33 +70,37 @@ class SamPredictor(PromptPipeline):
             return pixel_mean.device
         return next(self.model.parameters()).device
 
-    def _encode(self, rgb: np.ndarray) -> None:
-        """Backend hook of :meth:`set_image`: preprocess an RGB uint8 image and run the image encoder once."""
+    def _encode(self, rgb: np.ndarray, timer: StageTimer) -> None:
+        """Backend hook of :meth:`set_image`: preprocess an RGB uint8 image (``timer("preprocess")``) and run the
+        image encoder once (``timer("encoder")``)."""
         if getattr(self.model, "image_format", "RGB") == "BGR":
             rgb = np.ascontiguousarray(rgb[..., ::-1])
         self._warn_if_training()
 
         self.reset_image()
         with torch.inference_mode():
-            if getattr(self.model, "resize_mode", "longest_side") == "squash":
-                # SAM 2's own preprocessing: the model squashes the full image to S×S itself, so prompts map
-                # per axis with S/W and S/H and nothing is cropped afterwards.
-                resized = torch.tensor(rgb, device=self.device).permute(2, 0, 1)[None].float()  # copies: rgb may be read-only
-                input_size = (self.img_size, self.img_size)
-            else:
-                resized = image_to_input_tensor(rgb, self.img_size, self.device)
-                input_size = (int(resized.shape[-2]), int(resized.shape[-1]))
-            if hasattr(self.model, "preprocess"):
-                model_input = self.model.preprocess(resized)
-            else:
-                model_input = normalize_and_pad(resized, self.img_size, self.model.pixel_mean, self.model.pixel_std)
-            encoder = self.model.image_encoder
-            multiscale = None
-            if hasattr(encoder, "forward_multiscale"):
-                multiscale = tuple(encoder.forward_multiscale(model_input))
-                embedding = multiscale[-1]
-            else:
-                embedding = encoder(model_input)
+            with timer("preprocess"):
+                if getattr(self.model, "resize_mode", "longest_side") == "squash":
+                    # SAM 2's own preprocessing: the model squashes the full image to S×S itself, so prompts map
+                    # per axis with S/W and S/H and nothing is cropped afterwards.
+                    resized = torch.tensor(rgb, device=self.device).permute(2, 0, 1)[None].float()  # copies: rgb may be read-only
+                    input_size = (self.img_size, self.img_size)
+                else:
+                    resized = image_to_input_tensor(rgb, self.img_size, self.device)
+                    input_size = (int(resized.shape[-2]), int(resized.shape[-1]))
+                if hasattr(self.model, "preprocess"):
+                    model_input = self.model.preprocess(resized)
+                else:
+                    model_input = normalize_and_pad(resized, self.img_size, self.model.pixel_mean,
+                                                    self.model.pixel_std)
+            with timer("encoder"):
+                encoder = self.model.image_encoder
+                multiscale = None
+                if hasattr(encoder, "forward_multiscale"):
+                    multiscale = tuple(encoder.forward_multiscale(model_input))
+                    embedding = multiscale[-1]
+                else:
+                    embedding = encoder(model_input)
         self.set_image_embedding(embedding, rgb.shape[:2], input_size, multiscale_features=multiscale)
 
     def set_image_embedding(

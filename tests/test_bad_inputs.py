@@ -64,7 +64,7 @@ def test_cuda_on_a_machine_without_it_is_explained(monkeypatch):
 
 def test_predict_cli_refuses_sizes_it_cannot_honour(tmp_path, capsys):
     from powersam.checkpoint import save_checkpoint
-    from powersam.deploy.predict import add_predict_arguments, run_predict
+    from powersam.cli.predict import add_predict_arguments, run_predict
 
     image = tmp_path / "a.png"
     from PIL import Image

@@ -1,16 +1,19 @@
 """Per-model, per-runtime frame pipelines for ``powersam bench`` (see :mod:`powersam.bench.runner` for the timing).
 
-A frame is what ``model.predict(image)`` does, cut into timed stages with the same library calls:
+A frame is one call of the library's shared inference pipeline (:mod:`powersam.bench.frames`): ``predict`` for
+models that detect, ``set_image`` + ``predict_batch`` with box prompts for SAM-only models, on the PyTorch module or
+on ONNX Runtime. Its parts are the stages that pipeline times (``Results.speed``), nothing rebuilt here:
 
 ==============  ===========================================================================================
-preprocess      resize the long side to S (Pillow bilinear), normalise, zero-pad (:func:`preprocess_image`)
+preprocess      load the image, resize the long side to S, normalise, zero-pad
 encoder         image encoder; for integrated PowerSAM ``forward_multiscale`` (stage maps + SAM embedding)
 bbpg            integrated only: PAFPN + YOLOX head on the shared stage maps
 det_preprocess  decoupled only: letterbox to ``det_size`` for the separate YOLOX-S
 detector        decoupled only: YOLOX-S forward
 detect          box decoding, score threshold, class-aware NMS (integrated and decoupled)
+network         an exported detect-and-segment graph (backbone(s), detection, NMS, prompt encoder + decoder)
 decoder         prompt encoder + mask decoder for the frame's boxes (single-mask output)
-postprocess     upsample the low-res logits to the original image and threshold (:func:`masks_to_original`)
+postprocess     upsample the low-res logits to the original image and threshold
 ==============  ===========================================================================================
 
 Boxes: with random weights the detector finds nothing (or noise), so by default every frame decodes the same
@@ -34,9 +37,9 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 
-from ..models.powersam import DecoupledPowerSAM, DetectSegmentModel, PowerSAM
-from ..transforms import masks_to_original, preprocess_image
-from .runner import Pipeline, Stage
+from ..models.powersam import DecoupledPowerSAM, PowerSAM
+from .frames import GivenBoxes, detect_frame, frame_parts, prompt_frame
+from .runner import Pipeline
 
 RUNTIMES = ("torch", "onnx", "onnx-int8")
 
@@ -103,14 +106,6 @@ def synthetic_boxes(count: int, input_size: tuple[int, int], seed: int = 0) -> t
     return torch.as_tensor(np.concatenate([corners, corners + sizes], axis=1), dtype=torch.float32)
 
 
-def _clamp_to(boxes: torch.Tensor, input_size: tuple[int, int]) -> torch.Tensor:
-    h, w = input_size
-    boxes = boxes.clone()
-    boxes[:, [0, 2]] = boxes[:, [0, 2]].clamp(0, w)
-    boxes[:, [1, 3]] = boxes[:, [1, 3]].clamp(0, h)
-    return boxes
-
-
 def structure_of(model: torch.nn.Module) -> str:
     """``"integrated"`` (shared backbone + BBPG), ``"decoupled"`` (separate detector) or ``"segmenter"`` (SAM only)."""
     if isinstance(model, PowerSAM):
@@ -133,88 +128,44 @@ def build_bench_model(name: str, settings: BenchSettings) -> torch.nn.Module:
     return model
 
 
-def torch_pipeline(name: str, model: torch.nn.Module, settings: BenchSettings) -> Pipeline:
-    """The frame of :meth:`DetectSegmentModel.predict` (or of SAM with given boxes) as timed torch stages."""
-    device = torch.device(settings.device)
-    image = synthetic_image(settings.frame, settings.seed)
-    img_size = model.img_size
-    structure = structure_of(model)
-    use_detected = settings.boxes == "detected"
-    # The input frame size is fixed by the image, so the synthetic boxes can be made once, outside the timing.
-    _, input_size = preprocess_image(image, img_size, model.pixel_mean.cpu(), model.pixel_std.cpu())
-    sam_scale = [input_size[1] / image.shape[1], input_size[0] / image.shape[0]] * 2  # (sx, sy, sx, sy)
-    given_boxes = None if use_detected else synthetic_boxes(int(settings.boxes), input_size).to(device)
-    info: dict[str, Any] = {
-        "structure": structure,
+def _record_info(name: str, model: torch.nn.Module, settings: BenchSettings, img_size: int,
+                 det_size: Optional[int], precision: str) -> dict[str, Any]:
+    """The record fields that describe what was timed (the same keys, in the same order, for every runtime)."""
+    return {
+        "structure": structure_of(model),
         "img_size": img_size,
         "frame": list(settings.frame),
-        "det_size": model.det_size if structure == "decoupled" else None,
-        "boxes": "detected" if use_detected else int(settings.boxes),
+        "det_size": det_size,
+        "boxes": "detected" if settings.boxes == "detected" else int(settings.boxes),
         "reparameterized": bool(getattr(model.image_encoder, "is_reparameterized", False)),
         "checkpoint": str(settings.checkpoints[name]) if name in settings.checkpoints else None,
-        "precision": "fp32",
+        "precision": precision,
     }
-    detection = dict(score_thr=getattr(model, "score_thr", 0.5), nms_iou=getattr(model, "nms_iou", 0.65),
-                     max_det=getattr(model, "max_det", 100))
 
-    def preprocess(s: dict[str, Any]) -> None:
-        s["x"], s["input_size"] = preprocess_image(s["image"], img_size, model.pixel_mean, model.pixel_std, device)
 
-    def encoder(s: dict[str, Any]) -> None:
-        if structure == "integrated":
-            *s["stages"], s["embedding"] = model.image_encoder.forward_multiscale(s["x"])
-        else:
-            s["embedding"] = model.image_encoder(s["x"])
+def _given_boxes(count: int, input_size: tuple[int, int]) -> np.ndarray:
+    return synthetic_boxes(count, input_size).numpy()
 
-    def bbpg(s: dict[str, Any]) -> None:
-        s["raw"] = model.box_generator(tuple(s["stages"]))
 
-    def det_preprocess(s: dict[str, Any]) -> None:
-        s["det_x"], s["det_scale"] = model.detector_input(s["image"])
-
-    def detector(s: dict[str, Any]) -> None:
-        s["raw"] = model.detector(s["det_x"])
-
-    def detect(s: dict[str, Any]) -> None:
-        dets = model.box_generator.bbox_head if structure == "integrated" else model.detector.bbox_head
-        boxes = dets.predict(*s["raw"], **detection)[0]["boxes"]
-        if structure == "decoupled":  # detector input frame → SAM input frame, as DecoupledPowerSAM does
-            boxes = boxes / s["det_scale"] * boxes.new_tensor(sam_scale)
-        s["detected"] = _clamp_to(boxes, s["input_size"])
-
-    def decoder(s: dict[str, Any]) -> None:
-        boxes = s["detected"] if use_detected else given_boxes
-        # segment_boxes only touches prompt_encoder/mask_decoder, so it serves plain Sam models too (one code path).
-        s["low_res"], _ = DetectSegmentModel.segment_boxes(model, s["embedding"], boxes)
-        info["boxes_decoded"] = int(boxes.shape[0])
-
-    def postprocess(s: dict[str, Any]) -> None:
-        s["masks"] = masks_to_original(s["low_res"], s["input_size"], image.shape[:2], img_size, output_device="cpu")
-
-    plan = {
-        "integrated": [preprocess, encoder, bbpg, detect, decoder, postprocess],
-        "decoupled": [preprocess, det_preprocess, detector, detect, encoder, decoder, postprocess],
-        "segmenter": [preprocess, encoder, decoder, postprocess],
-    }[structure]
-    stages = [Stage(fn.__name__, _inference(fn)) for fn in plan]
+def torch_pipeline(name: str, model: torch.nn.Module, settings: BenchSettings) -> Pipeline:
+    """Frames of :meth:`DetectSegmentModel.predict` (or of :class:`~powersam.predictor.SamPredictor` with given
+    boxes) on the PyTorch module, timed by the shared pipeline."""
+    device = torch.device(settings.device)
+    image = synthetic_image(settings.frame, settings.seed)
+    structure = structure_of(model)
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
-    return Pipeline(
-        model=name,
-        runtime="torch",
-        stages=stages,
-        new_state=lambda: {"image": image},
-        sync=sync,
-        info=info,
-    )
+    info = _record_info(name, model, settings, model.img_size,
+                        model.det_size if structure == "decoupled" else None, "fp32")
+    if structure == "segmenter":
+        from ..predictor import SamPredictor
 
-
-def _inference(fn):
-    def run(state: dict[str, Any]) -> None:
-        with torch.inference_mode():
-            fn(state)
-
-    run.__name__ = fn.__name__
-    return run
+        boxes = synthetic_boxes(int(settings.boxes), settings.frame).numpy()  # original pixels
+        frame = prompt_frame(SamPredictor(model), boxes, info, sync=sync)
+    else:
+        backend = model if settings.boxes == "detected" else GivenBoxes(model, int(settings.boxes), _given_boxes)
+        frame = detect_frame(backend, info, sync=sync)
+    return Pipeline.reporting(name, "torch", frame_parts(structure, graph=False), frame,
+                              new_state=lambda: {"image": image}, sync=sync, info=info)
 
 
 def build_pipeline(name: str, runtime: str, settings: BenchSettings,
@@ -311,83 +262,33 @@ def _sessions(paths: list[Path], settings: BenchSettings) -> list[Any]:
 def onnx_pipeline(name: str, model: torch.nn.Module, settings: BenchSettings, quantized: bool = False) -> Pipeline:
     """The same frame on ONNX Runtime (``onnx``, or ``onnx-int8`` with quantised graphs).
 
-    Integrated and decoupled models run their single exported graph (backbone(s), detector, NMS, decoder), timed
-    as one ``network`` stage (the decoupled graph's detector input is prepared in ``preprocess``). To decode exactly
-    K boxes with random weights, the graph is fed ``score_thr = 0`` and ``max_det = K``, so its NMS sees every
-    candidate (a little more work than a real frame's few candidates). SAM-only models run the encoder/decoder
-    pair. Raises :class:`RuntimeUnavailable` with the reason when something is missing.
+    Integrated and decoupled models run their single exported graph through ``OnnxPowerSAM`` (backbone(s), detector,
+    NMS, decoder in one ``network`` stage; the pipeline's ``decoder`` step only selects the graph's masks and is
+    counted in ``network``). To decode exactly K boxes with random weights, the graph is fed ``conf = 0`` and
+    ``max_det = K``, so its NMS sees every candidate (a little more work than a real frame's few candidates).
+    SAM-only models run the encoder/decoder pair through ``OnnxSamPredictor``. Raises :class:`RuntimeUnavailable`
+    with the reason when something is missing.
     """
     structure = structure_of(model)
-    from ..runtime.preprocess import preprocess_image as np_preprocess
-    from ..runtime.preprocess import upsample_masks
-
     sessions = _sessions(_export(name, model, settings, quantized), settings)
     meta = sessions[0].metadata
     image = synthetic_image(settings.frame, settings.seed)
-    _, input_size = np_preprocess(image, meta.img_size, meta.pixel_mean, meta.pixel_std, meta.resize_mode)
     use_detected = settings.boxes == "detected"
     count = 0 if use_detected else int(settings.boxes)
-    boxes = synthetic_boxes(count, input_size).numpy()
-    info: dict[str, Any] = {
-        "structure": structure, "img_size": meta.img_size, "frame": list(settings.frame), "det_size": meta.det_size,
-        "boxes": "detected" if use_detected else count,
-        "reparameterized": bool(getattr(model.image_encoder, "is_reparameterized", False)),
-        "checkpoint": str(settings.checkpoints[name]) if name in settings.checkpoints else None,
-        "precision": "int8" if quantized else "fp32", "providers": sessions[0].providers,
-        "graphs": [str(s.path) for s in sessions],
-    }
-
-    def preprocess(s: dict[str, Any]) -> None:
-        s["x"], s["input_size"] = np_preprocess(s["image"], meta.img_size, meta.pixel_mean, meta.pixel_std,
-                                                meta.resize_mode)
-
-    def postprocess(s: dict[str, Any]) -> None:
-        s["masks"] = upsample_masks(s["low_res"], s["input_size"], image.shape[:2], meta.img_size,
-                                    threshold=meta.mask_threshold, resize_mode=meta.resize_mode)
-
-    if structure in ("integrated", "decoupled"):
+    info = {**_record_info(name, model, settings, meta.img_size, meta.det_size, "int8" if quantized else "fp32"),
+            "providers": sessions[0].providers, "graphs": [str(s.path) for s in sessions]}
+    graph = structure in ("integrated", "decoupled")
+    if graph:
         from ..runtime.integrated import OnnxPowerSAM
 
-        runtime = OnnxPowerSAM(sessions[0])
-        conf, max_det = (runtime.score_thr, runtime.max_det) if use_detected else (0.0, count)
         if not use_detected:
             info["note"] = f"graph fed score_thr=0, max_det={count} so that it decodes exactly {count} boxes"
-
-        def preprocess_both(s: dict[str, Any]) -> None:
-            preprocess(s)
-            s["det"] = runtime.detector_feeds(s["image"], s["input_size"])  # {} for an integrated graph
-
-        def network(s: dict[str, Any]) -> None:
-            out = runtime.run_graph(s["x"], s["input_size"], conf, runtime.nms_iou, max_det, s["det"])
-            s["low_res"] = out["mask_logits"]
-            info["boxes_decoded"] = int(out["mask_logits"].shape[0])
-
-        stages = [Stage("preprocess", preprocess_both), Stage("network", network), Stage("postprocess", postprocess)]
+        frame = detect_frame(OnnxPowerSAM(sessions[0]), info, conf=None if use_detected else 0.0,
+                             max_det=None if use_detected else count, fold={"decoder": "network"})
     else:
-        encoder_session, decoder_session = sessions
-        grid = 4 * int(meta.embedding_size or meta.img_size // 16)
-        # A box is two points labelled 2 (top-left) and 3 (bottom-right); no padding point with a box, except in
-        # SAM 2's token order, which always appends one.
-        coords, labels = boxes.reshape(-1, 2, 2).astype(np.float32), np.tile(np.array([[2.0, 3.0]], np.float32),
-                                                                             (count, 1))
-        if decoder_session.metadata.prompt_order == "sam2":
-            coords = np.concatenate([coords, np.zeros((count, 1, 2), np.float32)], axis=1)
-            labels = np.concatenate([labels, np.full((count, 1), -1.0, np.float32)], axis=1)
-        feeds = {"point_coords": coords, "point_labels": labels,
-                 "mask_input": np.zeros((1, 1, grid, grid), dtype=np.float32),
-                 "has_mask_input": np.zeros(1, dtype=np.float32)}
-        features = [n for n in encoder_session.output_names if n in decoder_session.input_names]
+        from ..runtime.predictor import OnnxSamPredictor
 
-        def encoder(s: dict[str, Any]) -> None:
-            s["features"] = encoder_session.run({"image": s["x"]}, features)  # the embedding (+ SAM 2's high-res)
-
-        def decoder(s: dict[str, Any]) -> None:
-            if count == 0:
-                s["low_res"] = np.zeros((0, 1, grid, grid), dtype=np.float32)
-            else:
-                s["low_res"] = decoder_session.run({**s["features"], **feeds}, ["masks"])["masks"][:, :1]
-            info["boxes_decoded"] = count
-
-        stages = [Stage(fn.__name__, fn) for fn in (preprocess, encoder, decoder, postprocess)]
-    return Pipeline(model=name, runtime="onnx-int8" if quantized else "onnx", stages=stages,
-                    new_state=lambda: {"image": image}, info=info)
+        boxes = synthetic_boxes(count, settings.frame).numpy()  # original pixels
+        frame = prompt_frame(OnnxSamPredictor(*sessions), boxes, info)
+    return Pipeline.reporting(name, "onnx-int8" if quantized else "onnx", frame_parts(structure, graph), frame,
+                              new_state=lambda: {"image": image}, info=info)

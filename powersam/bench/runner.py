@@ -1,10 +1,19 @@
 """Timing harness: pipelines of named stages, run interleaved round-robin, summarised as median and p90.
 
-A :class:`Pipeline` is one model × runtime, written as an ordered list of :class:`Stage` s (``preprocess``,
-``encoder``, …) that pass a per-frame ``state`` dict along. One frame = every stage once, in order. The harness reads
-the clock at each stage boundary (after calling the pipeline's ``sync``, e.g. ``torch.cuda.synchronize``), so a
-stage's time is exactly the wall time between its two boundaries and the frame time is the sum of its stages. The
-median frame time is *not* the sum of the per-stage medians; both are reported.
+A :class:`Pipeline` is one model × runtime, as an ordered list of named :class:`Stage` s (``preprocess``,
+``encoder``, …). It is timed in one of two ways:
+
+* **by the harness** (hand-written stages that pass a per-frame ``state`` dict along): one frame = every stage once,
+  in order; the harness reads the clock at each stage boundary (after calling the pipeline's ``sync``, e.g.
+  ``torch.cuda.synchronize``), so a stage's time is the wall time between its two boundaries and the frame time is
+  the sum of its stages;
+* **by the pipeline itself** (:meth:`Pipeline.reporting`): one ``frame(state)`` call runs the whole frame through
+  the library's shared inference pipeline and returns the milliseconds per stage that pipeline measured
+  (``Results.speed``, :class:`powersam.inference.timing.StageTimer`); the stages only name the parts. The frame time
+  is the wall time of the call, so it also holds the glue between stages (argument checks, building the result);
+  a stage a frame did not run (no boxes to decode) counts 0 ms.
+
+The median frame time is *not* the sum of the per-stage medians; both are reported.
 
 Interleaving: warm-up rounds, then ``repeats`` timed rounds; each round runs one frame of every pipeline, starting at
 a rotating offset (round r starts at pipeline ``r mod n``). Drift of a noisy machine (other jobs, thermal state)
@@ -17,7 +26,7 @@ import platform
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -33,6 +42,14 @@ class Stage:
     fn: Callable[[dict[str, Any]], None]
 
 
+FrameFn = Callable[[dict[str, Any]], Mapping[str, float]]
+"""Runs one whole frame on its ``state`` and returns milliseconds per stage, as the shared pipeline timed them."""
+
+
+def _timed_by_frame(state: dict[str, Any]) -> None:
+    raise RuntimeError("this stage is timed by its pipeline's frame(), not called on its own")
+
+
 @dataclass
 class Pipeline:
     """One model × runtime as an ordered list of stages.
@@ -43,6 +60,7 @@ class Pipeline:
         new_state: returns a fresh per-frame state (usually ``{"image": …}``); called outside the timed region.
         sync: called before every clock read (waits for asynchronous devices); ``None`` for synchronous runtimes.
         info: extra fields copied into the record (structure, boxes, notes, …).
+        frame: set by :meth:`reporting`: runs the whole frame and reports its own stage timings.
     """
 
     model: str
@@ -51,6 +69,16 @@ class Pipeline:
     new_state: Callable[[], dict[str, Any]] = dict
     sync: Optional[Callable[[], None]] = None
     info: dict[str, Any] = field(default_factory=dict)
+    frame: Optional[FrameFn] = None
+
+    @classmethod
+    def reporting(cls, model: str, runtime: str, parts: Sequence[str], frame: FrameFn,
+                  new_state: Callable[[], dict[str, Any]] = dict, sync: Optional[Callable[[], None]] = None,
+                  info: Optional[dict[str, Any]] = None) -> "Pipeline":
+        """A pipeline timed by itself: ``frame(state)`` runs one frame and returns ``{stage: ms}`` for stages among
+        ``parts`` (the record's parts, in this order)."""
+        return cls(model=model, runtime=runtime, stages=[Stage(name, _timed_by_frame) for name in parts],
+                   new_state=new_state, sync=sync, info={} if info is None else info, frame=frame)
 
     def __post_init__(self) -> None:
         names = [s.name for s in self.stages]
@@ -73,9 +101,12 @@ class FrameTimes:
 
 
 def run_frame(pipeline: Pipeline, timer: Timer = time.perf_counter) -> tuple[float, dict[str, float]]:
-    """Run every stage once → (frame seconds, {stage: seconds}); the stage times add up to the frame time."""
+    """Run every stage once → (frame seconds, {stage: seconds}). For harness-timed stages the stage times add up to
+    the frame time; a self-timed pipeline (:meth:`Pipeline.reporting`) reports its own (see the module doc)."""
     state = pipeline.new_state()
     sync = pipeline.sync or (lambda: None)
+    if pipeline.frame is not None:
+        return _run_reporting_frame(pipeline, state, sync, timer)
     sync()
     start = previous = timer()
     parts: dict[str, float] = {}
@@ -86,6 +117,20 @@ def run_frame(pipeline: Pipeline, timer: Timer = time.perf_counter) -> tuple[flo
         parts[stage.name] = now - previous
         previous = now
     return previous - start, parts
+
+
+def _run_reporting_frame(pipeline: Pipeline, state: dict[str, Any], sync: Callable[[], None],
+                         timer: Timer) -> tuple[float, dict[str, float]]:
+    names = [stage.name for stage in pipeline.stages]
+    sync()
+    start = timer()
+    reported = pipeline.frame(state)
+    sync()
+    total = timer() - start
+    unknown = sorted(set(reported) - set(names))
+    if unknown:
+        raise ValueError(f"pipeline {pipeline.key} reported stages {unknown} it does not declare ({names})")
+    return total, {name: float(reported.get(name, 0.0)) / 1e3 for name in names}
 
 
 def round_robin_order(num_pipelines: int, round_index: int) -> list[int]:

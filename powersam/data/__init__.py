@@ -11,7 +11,7 @@ from .augment import (
     mosaic,
     random_affine,
 )
-from .check import CheckReport, Issue, add_check_arguments, check_dataset, format_report, run_check
+from .check import CheckReport, Issue, check_dataset, format_report
 from .coco import CocoInstances, Sample, split_image_ids
 from .prompts import (
     append_points,
@@ -31,7 +31,6 @@ __all__ = [
     "DetectionSample",
     "Issue",
     "Sample",
-    "add_check_arguments",
     "affine_matrix",
     "append_points",
     "apply_affine",
@@ -46,7 +45,6 @@ __all__ = [
     "masks_to_boxes",
     "mosaic",
     "random_affine",
-    "run_check",
     "sample_points_in_masks",
     "sample_refinement_clicks",
     "split_image_ids",

@@ -14,8 +14,6 @@ Each issue lists the offending ids (image ids or annotation ids, as its message 
 """
 from __future__ import annotations
 
-import argparse
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -286,21 +284,3 @@ def format_report(report: CheckReport) -> str:
     n_err, n_warn = len(report.errors), len(report.warnings)
     lines.append(f"result: {n_err} error kind(s), {n_warn} warning kind(s)" + (" -> FAIL" if n_err else " -> OK"))
     return "\n".join(lines)
-
-
-def add_check_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``powersam data check``."""
-    parser.add_argument("path", type=Path, help="dataset folder (annotations.json + images/) or a COCO JSON file")
-    parser.add_argument("--images-dir", type=Path, default=None, help="folder the file_name entries are relative to")
-    parser.add_argument("--split", choices=("train", "val"), default=None, help="which file of a folder with per-split files")
-    parser.add_argument("--decode", action="store_true", help="fully decode every image (slower, finds truncated files)")
-    parser.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
-
-
-def run_check(args: argparse.Namespace) -> int:
-    """Run the check for parsed CLI ``args`` and print the report. Exit code 1 on errors (or warnings with --strict)."""
-    report = check_dataset(args.path, args.images_dir, split=args.split, decode_images=args.decode)
-    print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
-    failed = bool(report.errors) or (args.strict and bool(report.warnings))
-    return 1 if failed else 0

@@ -12,7 +12,6 @@ Usage: ``python -m powersam.data.synth --out DIR --num-images N --seed S``.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import struct
@@ -124,33 +123,7 @@ def generate_dataset(out_dir: str | Path, num_images: int, seed: int = 0,
     return root
 
 
-def add_synth_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--out", required=True, help="output folder (must be empty unless --overwrite)")
-    parser.add_argument("--num-images", type=int, default=300, help="number of images (default 300)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--image-size", type=int, nargs="+", default=[384, 512], metavar="PX",
-                        help="HEIGHT WIDTH, or one value for square images (default 384 512)")
-    parser.add_argument("--min-objects", type=int, default=2, help="fewest labelled instances per image")
-    parser.add_argument("--max-objects", type=int, default=8, help="most labelled instances per image")
-    parser.add_argument("--split", default=None, help="write into OUT/SPLIT and mix the split name into the seed")
-    parser.add_argument("--overwrite", action="store_true", help="replace images/ and annotations.json in OUT")
-    return parser
+if __name__ == "__main__":  # python -m powersam.data.synth: the same as `powersam data synth`
+    from powersam.cli.data import synth_main
 
-
-def run_synth(args: argparse.Namespace) -> int:
-    """Run generate_dataset from parsed arguments; prints the dataset folder; returns a process exit code."""
-    size = args.image_size[0] if len(args.image_size) == 1 else tuple(args.image_size)
-    try:
-        root = generate_dataset(args.out, args.num_images, seed=args.seed, image_size=size,
-                                min_objects=args.min_objects, max_objects=args.max_objects, split=args.split,
-                                overwrite=args.overwrite)
-    except (ValueError, TypeError, FileExistsError, NotADirectoryError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(root)
-    return 0
-
-
-if __name__ == "__main__":
-    _parser = add_synth_arguments(argparse.ArgumentParser(description="Generate the synthetic substation dataset."))
-    sys.exit(run_synth(_parser.parse_args()))
+    sys.exit(synth_main())

@@ -11,13 +11,12 @@ with ``onnx.checker`` and carry :class:`~powersam.runtime.metadata.GraphMetadata
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Optional, Union
 
 import torch
 from torch import nn
@@ -25,20 +24,12 @@ from torch import nn
 from .. import __version__
 from .graphs import DecoderGraph, DecoupledGraph, EncoderGraph, IntegratedGraph, encoder_upsample_mode
 from ..runtime.metadata import GraphMetadata, attach_metadata
+from .options import MIN_OPSET
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "EXPORT_FORMATS",
-    "MIN_OPSET",
-    "add_export_arguments",
-    "export_onnx",
-    "interactive_paths",
-    "register_export_format",
-    "run_export",
-]
+__all__ = ["MIN_OPSET", "export_onnx", "interactive_paths"]
 
-MIN_OPSET = 17  # the graphs need ≥ 11 (NonMaxSuppression, DepthToSpace); lower opsets are neither needed nor tested
 MultimaskOutput = Union[bool, int, None]
 
 
@@ -316,87 +307,3 @@ def _simplify(model, path: Path):
     if not ok:
         raise RuntimeError(f"onnxsim could not validate the simplified {path.name}; export without simplify")
     return simplified
-
-
-# ---------------------------------------------------------------------------------------------------- CLI
-ExportRunner = Callable[[argparse.Namespace], list[Path]]
-ArgumentsHook = Callable[[argparse.ArgumentParser], None]
-
-# Export back ends of ``powersam export --format``. Another format (e.g. TensorRT) registers itself with
-# register_export_format before the parser is built; its own flags (``--int8``, …) come through its hook.
-EXPORT_FORMATS: dict[str, ExportRunner] = {}
-_ARGUMENT_HOOKS: list[ArgumentsHook] = []
-
-
-def register_export_format(name: str, runner: ExportRunner, add_arguments: Optional[ArgumentsHook] = None) -> None:
-    """Make ``powersam export --format NAME`` call ``runner(args)`` (returns the files written); ``add_arguments``
-    adds the format's own options to the ``export`` parser."""
-    EXPORT_FORMATS[name] = runner
-    if add_arguments is not None:
-        _ARGUMENT_HOOKS.append(add_arguments)
-
-
-def _parse_multimask(text: str) -> MultimaskOutput:
-    if text == "all":
-        return None
-    if text in ("1", "3", "4"):
-        return int(text)
-    raise argparse.ArgumentTypeError(f"expected 1, 3, 4 or all, got {text!r}")
-
-
-def add_export_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``powersam export``."""
-    parser.add_argument("--model", default=None, help="zoo name (see `powersam models`); optional with a checkpoint "
-                        "written by powersam, which records it")
-    parser.add_argument("--checkpoint", type=Path, default=None, help="weights to load (strict)")
-    parser.add_argument("--format", default="onnx", choices=sorted(EXPORT_FORMATS), help="export format (default onnx)")
-    parser.add_argument("--out", type=Path, required=True, help="output .onnx file (with --interactive: X.onnx gives "
-                        "X.encoder.onnx + X.decoder.onnx; a folder gets encoder.onnx + decoder.onnx)")
-    parser.add_argument("--size", type=int, default=1024, help="network input side (default 1024)")
-    parser.add_argument("--interactive", action="store_true", help="export the SAM encoder/decoder pair instead of "
-                        "the integrated detect-and-segment graph")
-    parser.add_argument("--opset", type=int, default=17, help=f"ONNX opset (default 17, at least {MIN_OPSET})")
-    parser.add_argument("--bilinear", action="store_true", help="bilinear instead of the trained bicubic fuse-neck "
-                        "upsampling (changes outputs slightly)")
-    parser.add_argument("--conf", type=float, default=None, help="default score threshold stored in the graph metadata")
-    parser.add_argument("--iou", type=float, default=None, help="default NMS IoU stored in the graph metadata")
-    parser.add_argument("--max-det", type=int, default=None, help="default detection cap stored in the graph metadata")
-    parser.add_argument("--multimask", type=_parse_multimask, default=None, metavar="{1,3,4,all}",
-                        help="decoder mask outputs (default all: the runtime chooses per call)")
-    parser.add_argument("--simplify", action="store_true", help="run onnxsim over the graphs (needs onnxsim)")
-    for hook in _ARGUMENT_HOOKS:
-        hook(parser)
-
-
-def _run_onnx(args: argparse.Namespace) -> list[Path]:
-    return export_onnx(
-        args.model,
-        args.out,
-        checkpoint=args.checkpoint,
-        img_size=args.size,
-        interactive=args.interactive,
-        opset=args.opset,
-        upsample_mode="bilinear" if args.bilinear else None,
-        score_thr=args.conf,
-        nms_iou=args.iou,
-        max_det=args.max_det,
-        multimask_output=args.multimask,
-        simplify=args.simplify,
-    )
-
-
-register_export_format("onnx", _run_onnx)
-
-
-def run_export(args: argparse.Namespace) -> int:
-    """``powersam export``: write the files and print one line per file."""
-    runner = EXPORT_FORMATS.get(args.format)
-    if runner is None:
-        raise ValueError(f"unknown export format {args.format!r}; known: {', '.join(sorted(EXPORT_FORMATS))}")
-    started = time.perf_counter()
-    paths = runner(args)
-    elapsed = time.perf_counter() - started
-    for path in paths:
-        print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
-    print(f"export took {elapsed:.1f} s")
-    return 0

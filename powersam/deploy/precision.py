@@ -23,10 +23,9 @@ how the tests check it without a GPU.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Union
+from typing import Iterable, Optional, Union
 
 import onnx
 
@@ -36,8 +35,8 @@ from .onnx_io import save_onnx
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FLOAT32_OP_TYPES", "PRECISION_KEY", "add_fp16_arguments", "drop_float16_round_trips",
-           "float16_blocked_nodes", "float16_path", "fp16_runner", "to_float16"]
+__all__ = ["FLOAT32_OP_TYPES", "PRECISION_KEY", "drop_float16_round_trips", "float16_blocked_nodes", "float16_path",
+           "float16_twins", "to_float16"]
 
 PRECISION_KEY = KEY_PREFIX + "precision"
 FLOAT32_OP_TYPES = ("LayerNormalization", "Pow", "ReduceMean", "Sqrt")
@@ -166,39 +165,23 @@ def _load_with_types(src: Path) -> tuple[onnx.ModelProto, bool]:
     return model, True
 
 
-# ------------------------------------------------------------------------------------------------ exports and CLI
-ExportRunner = Callable[[argparse.Namespace], list[Path]]
-
-
+# ------------------------------------------------------------------------------------------------ exports
 def float16_path(path: Union[str, Path]) -> Path:
     """Where the FP16 twin of an exported graph goes: ``X.onnx`` → ``X.fp16.onnx``."""
     path = Path(path)
     return path.with_name(f"{path.stem}.fp16{path.suffix or '.onnx'}")
 
 
-def add_fp16_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--fp16`` on ``powersam export --format onnx``."""
-    parser.add_argument("--fp16", action="store_true", help="also write X.fp16.onnx: FP16 compute, float32 inputs "
-                        "and outputs (for ONNX Runtime's CUDA provider, or a TensorRT engine built on the device)")
-
-
-def fp16_runner(export: ExportRunner) -> ExportRunner:
-    """The ``--format onnx`` back end with ``--fp16``: ``export``'s files plus FP16 twins of its float graphs (an
-    interactive pair's twins name each other as partners)."""
-
-    def run(args: argparse.Namespace) -> list[Path]:
-        paths = export(args)
-        if not getattr(args, "fp16", False):
-            return paths
-        floats = [p for p in paths if not _quantized(p)]
-        twins = {p.name: float16_path(p).name for p in floats}
-        written = []
-        for path in floats:
-            partner = _props(path).get(KEY_PREFIX + "partner")
-            written.append(to_float16(path, float16_path(path), partner=twins.get(partner) if partner else None))
-        return [*paths, *written]
-
-    return run
+def float16_twins(paths: Iterable[Union[str, Path]]) -> list[Path]:
+    """Write the FP16 twin (:func:`float16_path`) of every float graph among ``paths`` (INT8 graphs are skipped)
+    → the twins written. An interactive pair's twins name each other as partners."""
+    floats = [Path(p) for p in paths if not _quantized(Path(p))]
+    twins = {p.name: float16_path(p).name for p in floats}
+    written = []
+    for path in floats:
+        partner = _props(path).get(KEY_PREFIX + "partner")
+        written.append(to_float16(path, float16_path(path), partner=twins.get(partner) if partner else None))
+    return written
 
 
 def _props(path: Path) -> dict[str, str]:

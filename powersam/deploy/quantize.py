@@ -40,12 +40,11 @@ records what was done under ``powersam.quantization``.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import onnx
@@ -65,9 +64,7 @@ __all__ = [
     "CALIBRATION_METHODS",
     "QUANTIZATION_KEY",
     "ImageCalibrationReader",
-    "add_int8_arguments",
     "calibration_images",
-    "int8_runner",
     "quantize_export",
     "quantize_onnx",
     "quantized_path",
@@ -87,7 +84,6 @@ CALIBRATION_CHUNK = 4
 SYNTHETIC_SIZE = (480, 640)
 
 CalibImages = Union[str, Path, Sequence[ImageSource], None]
-ExportRunner = Callable[[argparse.Namespace], list[Path]]
 
 
 # ------------------------------------------------------------------------------------------------ calibration data
@@ -381,30 +377,3 @@ def quantize_export(
             continue
         written.append(quantize_onnx(path, quantized_path(path), calib_images, num_calib, method, **options))
     return written
-
-
-def add_int8_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--int8`` and its calibration options on ``powersam export``."""
-    group = parser.add_argument_group("INT8 quantisation")
-    group.add_argument("--int8", action="store_true", help="also write X.int8.onnx: static INT8 (QDQ) quantisation of "
-                       "the encoder / integrated graph, decoder kept float (--format tensorrt: an INT8 engine)")
-    group.add_argument("--calib", default=None, metavar="IMAGES", help="calibration images: folder, glob or file "
-                       "(default: synthetic substation scenes; images from the deployment domain calibrate better)")
-    group.add_argument("--num-calib", type=int, default=32, help="number of calibration images (default 32)")
-    group.add_argument("--calib-method", choices=sorted(CALIBRATION_METHODS), default="minmax",
-                       help="activation range calibration of the ONNX INT8 graphs (default minmax)")
-
-
-def int8_runner(export_fp32: ExportRunner) -> ExportRunner:
-    """The ``--format onnx`` back end with ``--int8``: ``export_fp32``'s files, plus their INT8 twins when asked."""
-
-    def run(args: argparse.Namespace) -> list[Path]:
-        int8 = bool(getattr(args, "int8", False))
-        if not int8 and getattr(args, "calib", None) is not None:
-            raise ValueError("--calib only applies with --int8")
-        paths = export_fp32(args)
-        if not int8:
-            return paths
-        return [*paths, *quantize_export(paths, args.calib, args.num_calib, args.calib_method)]
-
-    return run

@@ -21,10 +21,8 @@ weights and an unstated GPU, so they are labelled as not comparable unless the r
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
@@ -319,21 +317,3 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return out_path
-
-
-def add_report_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Arguments of ``powersam report``."""
-    parser.add_argument("run_dir", type=Path, help="pipeline run folder (layout: see powersam.eval.report)")
-    parser.add_argument("--out", type=Path, default=None, help="Markdown file to write (default RUN_DIR/report.md)")
-    return parser
-
-
-def run_report(args: argparse.Namespace) -> int:
-    """``powersam report``: exit 0 after writing, 1 with a message when the run folder is missing."""
-    try:
-        path = write_report(args.run_dir, args.out)
-    except (OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(f"wrote {path}")
-    return 0

@@ -4,13 +4,18 @@
 :class:`~powersam.prompt_frame.PromptFrameMixin`), mapping them into the input frame, the no-prompt case, allocating
 the outputs and decoding ``chunk_size`` prompts at a time. A backend subclass supplies four tensor-level hooks:
 
-* ``_encode(rgb) -> None``: run the image encoder and call :meth:`set_image_embedding` (the stored embedding is a
-  backend array: a torch tensor on the device, or a NumPy array);
+* ``_encode(rgb, timer) -> None``: build the network input under ``timer("preprocess")``, run the image encoder under
+  ``timer("encoder")`` and call :meth:`set_image_embedding` (the stored embedding is a backend array: a torch tensor
+  on the device, or a NumPy array);
 * ``_decode_prompts(boxes, point_coords, point_labels, mask_input, multimask_output) -> (low_res B×C×s×s,
   scores B×C)`` on **input-frame** NumPy prompts (any may be None), as backend arrays;
 * ``_upsample_into(low_res, out, return_logits)``: write B×C×H×W masks (bool, or float32 logits) into the NumPy
   array ``out`` at the original resolution;
 * ``_num_outputs(multimask_output) -> int`` and ``_mask_input_size() -> int`` (s).
+
+Stage timings: :meth:`PromptPipeline.set_image` and :meth:`PromptPipeline.predict_batch` take an optional
+:class:`~powersam.inference.timing.StageTimer` and time ``preprocess``, ``encoder``, ``decoder`` (prompt encoder + mask
+decoder) and ``postprocess`` (upsampling to the original image) on it, the names ``powersam bench`` reports.
 
 NumPy only: the torch-free runtime's :class:`~powersam.runtime.OnnxSamPredictor` is one of the subclasses.
 """
@@ -23,6 +28,7 @@ import numpy as np
 from ..io import ImageSource, load_image
 from ..prompt_frame import PromptFrameMixin
 from ..results import Results
+from .timing import StageTimer
 
 __all__ = ["PROMPT_CLASS_NAMES", "PromptPipeline", "as_finite_float", "prompt_results"]
 
@@ -56,7 +62,7 @@ class PromptPipeline(PromptFrameMixin):
     _as_float: Callable[[str, object], np.ndarray] = staticmethod(as_finite_float)
 
     # ------------------------------------------------------------------ backend hooks
-    def _encode(self, rgb: np.ndarray) -> None:
+    def _encode(self, rgb: np.ndarray, timer: StageTimer) -> None:
         raise NotImplementedError
 
     def _decode_prompts(
@@ -97,13 +103,17 @@ class PromptPipeline(PromptFrameMixin):
             rgb = np.ascontiguousarray(rgb[..., ::-1])
         return rgb
 
-    def set_image(self, image: ImageSource, image_format: str = "RGB") -> None:
+    def set_image(self, image: ImageSource, image_format: str = "RGB", timer: Optional[StageTimer] = None) -> None:
         """Run the image encoder once on ``image`` (anything :func:`powersam.io.load_image` accepts).
 
         ``image_format`` ("RGB" or "BGR") describes the channel order of an ndarray input; files and PIL
-        images are always decoded as RGB, so "BGR" is only accepted for arrays.
+        images are always decoded as RGB, so "BGR" is only accepted for arrays. ``timer`` (optional) receives the
+        ``preprocess`` (loading included) and ``encoder`` milliseconds.
         """
-        self._encode(self._load_rgb(image, image_format))
+        timer = timer if timer is not None else StageTimer()
+        with timer("preprocess"):
+            rgb = self._load_rgb(image, image_format)
+        self._encode(rgb, timer)
 
     # ------------------------------------------------------------------ prediction
     def predict(
@@ -156,6 +166,7 @@ class PromptPipeline(PromptFrameMixin):
         multimask_output: Multimask = False,
         return_logits: bool = False,
         chunk_size: int = 64,
+        timer: Optional[StageTimer] = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Predict one mask set per prompt for N prompts, decoding ``chunk_size`` prompts at a time.
 
@@ -170,8 +181,10 @@ class PromptPipeline(PromptFrameMixin):
             ``(masks N×C×H×W bool (float32 if return_logits), scores N×C float32, low_res N×C×s×s float32)``,
             C = 3 with ``multimask_output`` else 1 (or the int count given). N = 0 returns empty arrays
             without running the decoder. Masks are upsampled a chunk at a time into a preallocated array.
+            ``timer`` (optional) accumulates the ``decoder`` and ``postprocess`` milliseconds over the chunks.
         """
         self._require_image()
+        timer = timer if timer is not None else StageTimer()
         if chunk_size <= 0:
             raise ValueError(f"chunk_size must be a positive integer; got {chunk_size}")
         boxes, point_coords, point_labels, mask_input, n = self._validate_batch_prompts(
@@ -192,22 +205,24 @@ class PromptPipeline(PromptFrameMixin):
         point_coords = None if point_coords is None else self._to_input_frame(point_coords)
         for start in range(0, n, chunk_size):
             stop = min(start + chunk_size, n)
-            low_res_c, scores_c = self._decode_prompts(
-                None if boxes is None else boxes[start:stop],
-                None if point_coords is None else point_coords[start:stop],
-                None if point_labels is None else point_labels[start:stop],
-                None if mask_input is None else mask_input[start:stop],
-                multimask_output,
-            )
+            with timer("decoder"):
+                low_res_c, scores_c = self._decode_prompts(
+                    None if boxes is None else boxes[start:stop],
+                    None if point_coords is None else point_coords[start:stop],
+                    None if point_labels is None else point_labels[start:stop],
+                    None if mask_input is None else mask_input[start:stop],
+                    multimask_output,
+                )
             if low_res_c.shape[1] != num_masks:
                 raise ValueError(
                     f"the mask decoder returned {low_res_c.shape[1]} masks per prompt for "
                     f"multimask_output={multimask_output!r}; expected {num_masks}"
                 )
-            # Upsample straight into the preallocated output: no full-size float copy of the chunk.
-            self._upsample_into(low_res_c, masks[start:stop], return_logits)
-            scores[start:stop] = self._to_numpy(scores_c)
-            low_res[start:stop] = self._to_numpy(low_res_c)
+            with timer("postprocess"):
+                # Upsample straight into the preallocated output: no full-size float copy of the chunk.
+                self._upsample_into(low_res_c, masks[start:stop], return_logits)
+                scores[start:stop] = self._to_numpy(scores_c)
+                low_res[start:stop] = self._to_numpy(low_res_c)
         return masks, scores, low_res
 
 

@@ -18,7 +18,6 @@ teacher, the pruned and the distilled model).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -35,8 +34,8 @@ from ..train.sam_data import SamStageConfig
 
 logger = logging.getLogger("powersam.prune")
 
-__all__ = ["EncoderDistillation", "PruneConfig", "add_prune_arguments", "distill_pruned", "model_complexity",
-           "run_prune", "PRUNED_MODEL_NAME"]
+__all__ = ["EncoderDistillation", "PruneConfig", "distill_pruned", "model_complexity",
+           "prune_and_distill", "PRUNED_MODEL_NAME"]
 
 PRUNED_MODEL_NAME = "slimsam_custom"
 
@@ -168,58 +167,6 @@ def model_complexity(model: nn.Module) -> dict[str, float]:
     }
 
 
-# ---------------------------------------------------------------------------------------------- CLI
-
-_FLAGS = {  # CLI flag → (PruneConfig field, type, help)
-    "--model": ("model", str, "zoo name of the SAM ViT teacher (default sam_vit_b)"),
-    "--checkpoint": ("checkpoint", Path, "teacher weights, e.g. sam_vit_b_01ec64.pth"),
-    "--data": ("data", Path, "COCO dataset folder or annotation JSON"),
-    "--images-dir": ("images_dir", Path, "folder the JSON's file_name entries are relative to"),
-    "--ratio": ("ratio", float, "share of attention dims and MLP channels removed (default 0.5)"),
-    "--embed-ratio": ("embed_ratio", float, "share of embedding channels removed (default 0)"),
-    "--scope": ("scope", str, "local (same widths in every block) or global"),
-    "--importance": ("importance", str, "taylor (default) or magnitude"),
-    "--calib-images": ("calib_images", int, "images of the Taylor calibration pass (default 64)"),
-    "--epochs": ("epochs", int, "distillation epochs (0: prune only)"),
-    "--batch-size": ("batch_size", int, "distillation batch size per process"),
-    "--lr": ("lr", float, "distillation learning rate"),
-    "--img-size": ("img_size", int, "network input size (default 1024, or the checkpoint's)"),
-    "--max-images": ("max_images", int, "use only the first N training images"),
-    "--eval-max-images": ("eval_max_images", int, "evaluate mIoU on at most N images"),
-    "--out": ("output_dir", Path, "output folder (default runs/prune)"),
-    "--device": ("device", str, "cpu or cuda (default: cuda when available)"),
-}
-
-
-def add_prune_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Arguments of ``powersam prune``: ``--config``/``--set`` plus shortcuts for the common fields."""
-    from ..train.config import add_config_arguments
-
-    add_config_arguments(parser)
-    for flag, (field, kind, text) in _FLAGS.items():
-        parser.add_argument(flag, dest=f"flag_{field}", type=kind, default=None, help=text)
-    parser.add_argument("--no-eval", action="store_true", help="skip the mIoU evaluations")
-    parser.add_argument("--resume", action="store_true", help="continue the distillation from OUT/last.pt")
-    return parser
-
-
-def _config_from_args(args: argparse.Namespace) -> PruneConfig:
-    from ..train.config import apply_overrides, config_from_args
-
-    cfg = config_from_args(args, PruneConfig)
-    flags = {field: getattr(args, f"flag_{field}") for field, _, _ in _FLAGS.values()
-             if getattr(args, f"flag_{field}", None) is not None}
-    if getattr(args, "no_eval", False):
-        flags["eval_split"] = None
-    if flags:  # through the config checker, so a bad --scope is reported like a bad YAML value
-        cfg = apply_overrides(cfg, [f"{k}={'null' if v is None else v}" for k, v in flags.items()], source="flags")
-    if not 0.0 <= cfg.ratio < 1.0 or not 0.0 <= cfg.embed_ratio < 1.0:
-        raise ValueError(f"ratio and embed_ratio must be in [0, 1), got {cfg.ratio} and {cfg.embed_ratio}")
-    if cfg.calib_images < 1:
-        raise ValueError(f"calib_images must be >= 1, got {cfg.calib_images}")
-    return cfg
-
-
 def _miou(model: nn.Module, dataset: Any, cfg: PruneConfig, device: torch.device) -> Optional[dict]:
     from ..eval.miou import evaluate_miou
 
@@ -231,15 +178,17 @@ def _miou(model: nn.Module, dataset: Any, cfg: PruneConfig, device: torch.device
     return result["miou"]
 
 
-def run_prune(args: argparse.Namespace) -> int:
-    """Entry point of ``powersam prune``: prune, report, distil, report; prints the final checkpoint's path."""
+def prune_and_distill(cfg: PruneConfig, resume: bool = False) -> tuple[Path, Optional[dict[str, Any]]]:
+    """Prune the teacher ``cfg.model``, distil the pruned encoder (``cfg.epochs`` > 0) and evaluate each step.
+
+    Writes ``OUT/prune_config.yaml``, ``OUT/pruned.pt`` (then the distilled checkpoint) and ``OUT/prune_report.json``
+    → (the final checkpoint, the report on the main process; None on the others)."""
     from ..models.zoo import build_model
     from ..train.config import config_to_dict, dump_config
     from ..train.distributed import cleanup
     from ..train.sam_data import FirstImages, init_stage, open_stage_dataset
     from .prune import prune_vit
 
-    cfg = _config_from_args(args)
     teacher = build_model(cfg.model, checkpoint=cfg.checkpoint, img_size=cfg.img_size or 1024)
     cfg = dataclasses.replace(cfg, img_size=int(teacher.image_encoder.img_size))
     info = init_stage(cfg)
@@ -275,28 +224,12 @@ def run_prune(args: argparse.Namespace) -> int:
                 pruned, teacher, train_set, cfg.epochs, output_dir=out, batch_size=cfg.batch_size, lr=cfg.lr,
                 min_lr=cfg.min_lr, weight_decay=cfg.weight_decay, warmup_epochs=cfg.warmup_epochs,
                 grad_clip=cfg.grad_clip, device=cfg.device, amp=cfg.amp, seed=cfg.seed, num_workers=cfg.num_workers,
-                log_every=cfg.log_every, progress=cfg.progress, resume=bool(getattr(args, "resume", False)),
+                log_every=cfg.log_every, progress=cfg.progress, resume=resume,
                 meta={"teacher": cfg.model, "ratio": cfg.ratio, "embed_ratio": cfg.embed_ratio},
             )
             report["distilled"] = {"miou": _miou(pruned, eval_set, cfg, info.device)}
         if info.is_main:
             (out / "prune_report.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-            _print_summary(report)
-        print(final)
-        return 0
+        return final, (report if info.is_main else None)
     finally:
         cleanup()
-
-
-def _print_summary(report: dict) -> None:
-    for name in ("teacher", "pruned", "distilled"):
-        row = report.get(name)
-        if row is None:
-            continue
-        parts = []
-        if "encoder_params_m" in row:
-            parts.append(f"encoder {row['encoder_params_m']:.2f} M params, {row['encoder_gmacs_paper']:.1f} GMACs "
-                         f"(paper) / {row['encoder_gmacs_full']:.1f} (full)")
-        if row.get("miou"):
-            parts.append("mIoU " + ", ".join(f"{k} {v:.1f}" for k, v in row["miou"].items() if v is not None))
-        print(f"{name:10s} " + "; ".join(parts))

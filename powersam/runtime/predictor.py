@@ -14,6 +14,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from ..inference.prompts import PromptPipeline
+from ..inference.timing import StageTimer
 from .metadata import HIGH_RES_NAMES
 from .preprocess import preprocess_image, upsample_masks
 from .session import GraphSession
@@ -64,11 +65,14 @@ class OnnxSamPredictor(PromptPipeline):
         self.reset_image()
 
     # ------------------------------------------------------------------ image state
-    def _encode(self, rgb: np.ndarray) -> None:
-        """Backend hook of :meth:`set_image`: preprocess an RGB uint8 image and run the encoder graph once."""
-        x, input_size = preprocess_image(rgb, self.img_size, self.metadata.pixel_mean, self.metadata.pixel_std,
-                                         self.resize_mode)
-        out = self.encoder.run({"image": x})
+    def _encode(self, rgb: np.ndarray, timer: StageTimer) -> None:
+        """Backend hook of :meth:`set_image`: preprocess an RGB uint8 image (``timer("preprocess")``) and run the
+        encoder graph once (``timer("encoder")``)."""
+        with timer("preprocess"):
+            x, input_size = preprocess_image(rgb, self.img_size, self.metadata.pixel_mean, self.metadata.pixel_std,
+                                             self.resize_mode)
+        with timer("encoder"):
+            out = self.encoder.run({"image": x})
         stages = tuple(out[name] for name in ("stage1", "stage2", "stage3") if name in out)
         high_res = tuple(out[name] for name in HIGH_RES_NAMES if name in out) or None
         self.set_image_embedding(out["image_embeddings"], rgb.shape[:2], input_size, high_res_features=high_res)

@@ -4,7 +4,8 @@
   ``/v1/model``, ``/metrics`` and the page at ``/``;
 * :mod:`.limits` — :class:`ServeConfig`, :class:`ApiError`, upload and image checks, the bounded queue;
 * :mod:`.cache` — the bounded image-embedding cache; :mod:`.metrics` — Prometheus-style counters;
-* :mod:`.codec` — query/prompt parsing and the JSON wire format; :mod:`.server` — the command line (uvicorn);
+* :mod:`.codec` — query/prompt parsing and the JSON wire format; :mod:`.server` — loading and running under
+  uvicorn (the command line is :mod:`powersam.cli.serve`);
 * ``static/`` — the page (plain HTML/JS/CSS, works offline).
 
 Needs the ``serve`` extra (``pip install powersam[serve]``: fastapi, uvicorn, python-multipart). Serving an ONNX

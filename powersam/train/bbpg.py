@@ -17,7 +17,6 @@ CLI: ``powersam train bbpg --config CFG [--set key=value] [--resume]`` (torchrun
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -33,16 +32,16 @@ from .. import checkpoint as ckpt_io
 from ..data.augment import DetectionAugment
 from .bbpg_data import BBPGDataset, BoxDetector, collate_bbpg, label_mapping, normalize_batch
 from .bbpg_eval import BoxAPValidator, recompute_bn_statistics
-from .config import add_stage_arguments, config_from_args, config_to_dict, dump_config
-from .distributed import (ShardSampler, barrier, cleanup, init_distributed, is_main, move_to_device, unwrap_model,
+from .config import config_to_dict, dump_config
+from .distributed import (ShardSampler, barrier, init_distributed, is_main, move_to_device, unwrap_model,
                           wrap_ddp)
 from .ema import ModelEMA
 from .engine import Trainer
 from .schedule import QuadraticWarmupCosineConstant, build_optimizer
 from .yolox_loss import YOLOXLoss
 
-__all__ = ["BBPGConfig", "BBPGTrainer", "BoxDetector", "add_bbpg_arguments", "build_bbpg_schedule",
-           "load_backbone_model", "recompute_bn_statistics", "run_bbpg", "set_epoch_mode", "train_bbpg"]
+__all__ = ["BBPGConfig", "BBPGTrainer", "BoxDetector", "build_bbpg_schedule", "load_backbone_model",
+           "recompute_bn_statistics", "set_epoch_mode", "train_bbpg"]
 
 logger = logging.getLogger("powersam.train.bbpg")
 
@@ -377,23 +376,3 @@ def train_bbpg(cfg: BBPGConfig, resume: bool = False) -> Path:
         logger.info("wrote %s", final)
     barrier()  # other ranks return once the file exists
     return final
-
-
-# ------------------------------------------------------------------------------------------ CLI
-
-
-def add_bbpg_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """``--config CFG``, ``--set key=value`` (repeatable) and ``--resume`` for ``powersam train bbpg``."""
-    return add_stage_arguments(parser)
-
-
-def run_bbpg(args: argparse.Namespace) -> int:
-    """Entry point of ``powersam train bbpg``; prints the final checkpoint's path."""
-    cfg = config_from_args(args, BBPGConfig)
-    try:
-        final = train_bbpg(cfg, resume=bool(args.resume))
-        if is_main():
-            print(final)
-    finally:
-        cleanup()
-    return 0

@@ -23,7 +23,6 @@ Example::
 """
 from __future__ import annotations
 
-import argparse
 import collections.abc
 import dataclasses
 import difflib
@@ -240,24 +239,3 @@ def load_config(path: Union[str, Path], cls: type[T], overrides: Sequence[str] =
         data = yaml.safe_load(handle)
     cfg = config_from_dict(data, cls, source=str(path))
     return apply_overrides(cfg, overrides) if overrides else cfg
-
-
-def add_config_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add ``--config PATH`` and repeatable ``--set key.sub=value`` to ``parser``."""
-    parser.add_argument("--config", type=Path, help="YAML config file")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set optim.lr=2e-4 (repeatable)")
-    return parser
-
-
-def add_stage_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """``--config``, ``--set`` and ``--resume``: the arguments of every ``powersam train`` stage."""
-    add_config_arguments(parser)
-    parser.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last.pt if it exists")
-    return parser
-
-
-def config_from_args(args: argparse.Namespace, cls: type[T]) -> T:
-    """The config named by ``args.config`` (or ``cls()`` defaults) with ``args.overrides`` applied."""
-    cfg = load_config(args.config, cls) if args.config is not None else cls()
-    return apply_overrides(cfg, args.overrides) if args.overrides else cfg

@@ -38,7 +38,6 @@ from .sam_data import (
     init_stage,
     open_stage_dataset,
     refinement_points,
-    stage_command,
 )
 from .sam_losses import mask_iou, masked_bce_loss, masked_dice_loss
 from .teacher import decode, embed_images, eval_box_miou, load_teacher, sam_state_dict, zero_losses
@@ -202,7 +201,3 @@ def distill_decoder(cfg: DecoderDistillConfig, resume: bool = False) -> Path:
                         model_config={"img_size": cfg.img_size, "upsample_mode": upsample_mode}, meta=meta)
     pdist.barrier()
     return path
-
-
-# ``powersam train decoder``: --config, --set, --resume
-add_decoder_arguments, run_decoder = stage_command(DecoderDistillConfig, distill_decoder, "stage-2 student")

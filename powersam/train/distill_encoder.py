@@ -35,7 +35,6 @@ from .sam_data import (
     fit_stage,
     init_stage,
     open_stage_dataset,
-    stage_command,
 )
 from .sam_losses import embedding_mse_loss
 from .teacher import load_teacher, sam_state_dict
@@ -222,7 +221,3 @@ def distill_encoder(cfg: EncoderDistillConfig, resume: bool = False) -> Path:
                         model_config={"img_size": cfg.img_size, "upsample_mode": cfg.upsample_mode}, meta=meta)
     pdist.barrier()
     return path
-
-
-# ``powersam train encoder``: --config, --set, --resume
-add_encoder_arguments, run_encoder = stage_command(EncoderDistillConfig, distill_encoder, "stage-1 student")

@@ -17,7 +17,6 @@ shared filesystem with coherent memory maps).
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -370,34 +369,3 @@ class EmbedCacheConfig:
     dtype: str = "float16"
     num_workers: int = 0
     device: Optional[str] = None
-
-
-def add_cache_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """``--config``, ``--set`` and ``--restart`` for ``powersam train cache`` (resuming is the default)."""
-    from .config import add_config_arguments
-
-    add_config_arguments(parser)
-    parser.add_argument("--restart", action="store_true", help="discard an existing cache instead of resuming it")
-    return parser
-
-
-def run_cache(args: argparse.Namespace) -> int:
-    """CLI entry: build (or finish) the teacher-embedding cache and print where it is."""
-    from .config import config_from_args
-    from .sam_data import open_stage_dataset
-    from .teacher import load_teacher
-
-    cfg = config_from_args(args, EmbedCacheConfig)
-    if cfg.teacher_checkpoint is None:
-        raise ValueError("teacher_checkpoint is required (the stage-0 output, e.g. runs/teacher/teacher.pt)")
-    use_cuda = torch.cuda.is_available() if cfg.device is None else cfg.device == "cuda"
-    info = pdist.init_distributed(use_cuda=use_cuda)
-    teacher = load_teacher(cfg.teacher_model, cfg.teacher_checkpoint, img_size=cfg.img_size)
-    dataset = open_stage_dataset(cfg, load_masks=False)
-    out_dir = cfg.cache_dir if cfg.cache_dir is not None else default_cache_dir(cfg.teacher_checkpoint, cfg)
-    cache = build_embedding_cache(teacher, dataset, out_dir, img_size=cfg.img_size, batch_size=cfg.batch_size,
-                                  dtype=cfg.dtype, resume=not args.restart, device=info.device,
-                                  num_workers=cfg.num_workers)
-    if info.is_main:
-        print(f"{cache}: {cache.num_completed} of {len(cache)} embeddings")
-    return 0

@@ -17,7 +17,6 @@ interrupted one from its ``last.pt``.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
@@ -302,34 +301,3 @@ def demo_config(out: Path = Path("runs/demo")) -> PipelineConfig:
         plot=True,
     )
     return cfg
-
-
-def add_pipeline_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    from .config import add_config_arguments
-
-    add_config_arguments(parser)
-    parser.add_argument("--resume", action="store_true", help="skip finished stages, resume the interrupted one")
-    return parser
-
-
-def run_pipeline_command(args: argparse.Namespace) -> int:
-    from .config import config_from_args
-
-    cfg = config_from_args(args, PipelineConfig)
-    run_pipeline(cfg, resume=args.resume)
-    return 0
-
-
-def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")
-    parser.add_argument("--resume", action="store_true", help="skip finished stages, resume the interrupted one")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
-    return parser
-
-
-def run_demo(args: argparse.Namespace) -> int:
-    from .config import apply_overrides
-
-    cfg = apply_overrides(demo_config(args.out), args.set)
-    run_pipeline(cfg, resume=args.resume)
-    return 0

@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..data.synth_stream import ConsecutiveSampler, SceneSpec, SceneStream
-from .sam_data import SamStageConfig, SamTrainDataset, collate_sam_batch, fit_stage, init_stage, stage_command
+from .sam_data import SamStageConfig, SamTrainDataset, collate_sam_batch, fit_stage, init_stage
 from .teacher import TeacherConfig, TeacherObjective, load_teacher, sam_state_dict
 
 logger = logging.getLogger("powersam.train")
@@ -224,9 +224,3 @@ def pretrain_student(cfg: SynthStudentConfig, resume: bool = False) -> Path:
         save_checkpoint(path, sam_state_dict(sam), cfg.student,
                         model_config={"img_size": cfg.img_size, "upsample_mode": cfg.upsample_mode}, meta=meta)
     return path
-
-
-# ``powersam train synth-teacher``: --config, --set, --resume
-add_synth_teacher_arguments, run_synth_teacher = stage_command(SynthTeacherConfig, pretrain_teacher, "teacher")
-# ``powersam train synth-student``
-add_synth_student_arguments, run_synth_student = stage_command(SynthStudentConfig, pretrain_student, "student")

@@ -20,10 +20,9 @@ instances per image into prompt-major tensors with a ``prompt_image`` index.
 """
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -378,18 +377,3 @@ def print_stage_summary(checkpoint: Path, what: str) -> None:
     for line in meta.get("summary", []):
         print(line)
     print(f"{what} checkpoint: {checkpoint}")
-
-
-def stage_command(config_cls: type, train: Callable[..., Path], what: str
-                  ) -> tuple[Callable[[argparse.ArgumentParser], argparse.ArgumentParser],
-                             Callable[[argparse.Namespace], int]]:
-    """The ``powersam train STAGE`` pair for a SAM stage: (add its arguments, run it and print its summary)."""
-    from .config import add_stage_arguments, config_from_args
-
-    def run(args: argparse.Namespace) -> int:
-        path = train(config_from_args(args, config_cls), resume=args.resume)
-        print_stage_summary(path, what)
-        return 0
-
-    run.__doc__ = f"CLI entry: train the {what} and print its summary and checkpoint path."
-    return add_stage_arguments, run

@@ -39,7 +39,6 @@ from .sam_data import (
     init_stage,
     open_stage_dataset,
     refinement_points,
-    stage_command,
 )
 from .sam_losses import mask_iou, masked_bce_loss, masked_dice_loss
 
@@ -331,7 +330,3 @@ def train_teacher(cfg: TeacherConfig, resume: bool = False) -> Path:
         logger.info("teacher written to %s", path)
     pdist.barrier()
     return path
-
-
-# ``powersam train teacher``: --config, --set, --resume
-add_teacher_arguments, run_teacher = stage_command(TeacherConfig, train_teacher, "teacher")

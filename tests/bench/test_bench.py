@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from powersam.bench import pipelines as bench_pipelines
-from powersam.bench.cli import add_bench_arguments, benchmark, run_bench, write_bench_outputs
+from powersam.bench.suite import benchmark, write_bench_outputs
+from powersam.cli.bench import add_bench_arguments, run_bench
 from powersam.bench.pipelines import BenchSettings, RuntimeUnavailable, synthetic_boxes, synthetic_image
 from powersam.bench.runner import (
     Pipeline,
@@ -85,6 +86,56 @@ def test_stage_times_add_up_and_sync_precedes_every_clock_read():
     total, parts = run_frame(pipeline, timer)
     assert total == pytest.approx(0.004) and parts == {"x": pytest.approx(0.003), "y": pytest.approx(0.001)}
     assert events == ["sync", "read", "x", "sync", "read", "y", "sync", "read"]
+
+
+def test_self_timed_pipeline_reports_the_shared_pipeline_stages():
+    clock = FakeClock()
+
+    def frame(state):
+        clock.advance(0.010)  # wall time of the whole call, glue included
+        return {"a": 3.0, "c": 4.0}
+
+    pipeline = Pipeline.reporting("m", "torch", ["a", "b", "c"], frame, new_state=lambda: {"image": 1})
+    total, parts = run_frame(pipeline, clock)
+    assert total == pytest.approx(0.010)
+    assert list(parts) == ["a", "b", "c"] and parts == {"a": pytest.approx(0.003), "b": 0.0, "c": pytest.approx(0.004)}
+    with pytest.raises(RuntimeError, match="timed by its pipeline"):
+        pipeline.stages[0].fn({})
+    undeclared = Pipeline.reporting("m", "torch", ["a"], lambda s: {"a": 1.0, "z": 2.0})
+    with pytest.raises(ValueError, match=r"reported stages \['z'\]"):
+        run_frame(undeclared, clock)
+
+
+def test_bench_frames_are_the_shared_pipeline_calls(tmp_path, monkeypatch):
+    from powersam.bench import frames
+    from powersam.inference import detect_and_segment
+
+    calls = []
+
+    def spy(backend, image, **kwargs):
+        calls.append((type(backend).__name__, kwargs.get("max_det")))
+        return detect_and_segment(backend, image, **kwargs)
+
+    monkeypatch.setattr(frames, "detect_and_segment", spy)
+    record, = benchmark(["powersam_s"], ["torch"], _tiny_settings(tmp_path), repeats=1, warmup=0,
+                        complexity=False)["records"]
+    assert calls == [("GivenBoxes", None)] and record["boxes_decoded"] == 2
+
+
+def test_prompt_pipeline_times_its_four_stages():
+    from powersam.inference.timing import StageTimer
+    from powersam.models.zoo import build_model
+    from powersam.predictor import SamPredictor
+
+    predictor = SamPredictor(build_model("edgesam", img_size=64).eval())
+    timer = StageTimer()
+    predictor.set_image(synthetic_image((48, 80)), timer=timer)
+    assert list(timer.ms) == ["preprocess", "encoder"]
+    masks, _, _ = predictor.predict_batch(boxes=np.array([[2.0, 3.0, 40.0, 30.0]]), multimask_output=False,
+                                          timer=timer)
+    assert masks.shape == (1, 1, 48, 80)
+    assert list(timer.ms) == ["preprocess", "encoder", "decoder", "postprocess"]
+    assert all(ms >= 0 for ms in timer.ms.values())
 
 
 def test_round_robin_rotates_the_start():
@@ -288,7 +339,7 @@ def test_benchmark_expands_groups_before_building(monkeypatch):
 
 
 def test_miou_json_of_several_models(tmp_path):
-    from powersam.bench.cli import load_miou_results
+    from powersam.bench.suite import load_miou_results
 
     combined = tmp_path / "all.json"
     combined.write_text(json.dumps({"models": {"edgesam": {"model": "edgesam", "miou": {"box": 1.0}},

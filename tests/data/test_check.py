@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from powersam.data.check import add_check_arguments, check_dataset, format_report, run_check
+from powersam.cli.data import add_check_arguments, run_check
+from powersam.data.check import check_dataset, format_report
 from powersam.data.coco import CocoInstances
 
 H, W = 30, 40

@@ -14,7 +14,8 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from powersam.data import synth, synth_scene
-from powersam.data.synth import SYNTH_CLASSES, add_synth_arguments, generate_dataset, render_scene, run_synth
+from powersam.cli.data import add_synth_arguments, run_synth
+from powersam.data.synth import SYNTH_CLASSES, generate_dataset, render_scene
 from powersam.data.synth_shapes import CLUTTER, DRAWERS, EMPTY, Sprite
 
 # pycocotools' decoder trips numpy 2's __array__(copy=...) deprecation; not ours to fix

@@ -12,14 +12,8 @@ import torch
 
 from powersam.deploy.graphs import EncoderGraph, bicubic_upsample_2x
 from powersam.deploy.metadata import FORMAT_VERSION, GraphMetadata
-from powersam.deploy.onnx_export import (
-    EXPORT_FORMATS,
-    add_export_arguments,
-    export_onnx,
-    interactive_paths,
-    register_export_format,
-    run_export,
-)
+from powersam.cli.export import EXPORT_FORMATS, add_export_arguments, register_export_format, run_export
+from powersam.deploy.onnx_export import export_onnx, interactive_paths
 from powersam.models.zoo import build_model
 from powersam.predictor import SamPredictor
 from powersam.runtime.preprocess import preprocess_image
@@ -409,9 +403,9 @@ def test_cli_helpers_export_and_accept_new_formats(tmp_path, capsys):
         assert run_export(args) == 0 and calls == ["on"]
     finally:
         EXPORT_FORMATS.pop("fake")
-        from powersam.deploy import onnx_export
+        from powersam.cli import export as export_cli
 
-        onnx_export._ARGUMENT_HOOKS.pop()
+        export_cli._ARGUMENT_HOOKS.pop()
     parser = argparse.ArgumentParser()
     add_export_arguments(parser)
     with pytest.raises(SystemExit):  # unregistered again

@@ -8,7 +8,7 @@ import pytest
 
 import powersam.runtime as rt
 from powersam.cli import main
-from powersam.deploy import register_export_formats
+from powersam.cli.export import register_export_formats
 from powersam.deploy.onnx_export import export_onnx
 from powersam.deploy.onnx_graph import detection_path
 from powersam.deploy.precision import (FLOAT32_OP_TYPES, PRECISION_KEY, drop_float16_round_trips,

@@ -16,13 +16,8 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from powersam.checkpoint import save_checkpoint
-from powersam.deploy.predict import (
-    add_predict_arguments,
-    collect_sources,
-    parse_boxes,
-    parse_points,
-    run_predict,
-)
+from powersam.cli.predict import add_predict_arguments, run_predict
+from powersam.deploy.predict import collect_sources, parse_boxes, parse_points
 from powersam.deploy.video import VideoReader, VideoWriter
 from powersam.models.zoo import build_model
 from powersam.predictor import SamPredictor

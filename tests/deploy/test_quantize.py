@@ -12,15 +12,15 @@ from PIL import Image
 
 import powersam.runtime as rt
 from powersam.data.synth import render_scene
-from powersam.deploy import register_export_formats
+from powersam.cli.export import register_export_formats
 from powersam.deploy.metadata import GraphMetadata
 from powersam.runtime.integrity import cpu_has_vnni
-from powersam.deploy.onnx_export import add_export_arguments, export_onnx
+from powersam.cli.export import add_export_arguments, int8_runner
+from powersam.deploy.onnx_export import export_onnx
 from powersam.deploy.quantize import (
     QUANTIZATION_KEY,
     ImageCalibrationReader,
     calibration_images,
-    int8_runner,
     quantize_export,
     quantize_onnx,
     quantized_path,

@@ -12,7 +12,7 @@ import onnx
 import pytest
 
 from powersam.cli import main
-from powersam.deploy import register_export_formats
+from powersam.cli.export import register_export_formats
 from powersam.deploy.metadata import GraphMetadata
 from powersam.deploy.tensorrt import (
     DIMENSION_RANGES,

@@ -11,7 +11,7 @@ from pycocotools import mask as mask_utils
 
 from powersam.data.coco import CocoInstances
 from powersam.data.synth import generate_dataset
-from powersam.eval.cli import add_det_arguments, run_det
+from powersam.cli.eval import add_det_arguments, run_det
 from powersam.eval.detection import (
     REPORTED_STATS,
     coco_from_dict,

@@ -11,7 +11,7 @@ import torch
 from powersam.data.coco import CocoInstances
 from powersam.data.synth import generate_dataset
 from powersam.deploy.onnx_export import export_onnx
-from powersam.eval.cli import add_det_arguments, add_miou_arguments, run_det, run_miou
+from powersam.cli.eval import add_det_arguments, add_miou_arguments, run_det, run_miou
 from powersam.models.zoo import build_model
 
 SIZE = 64

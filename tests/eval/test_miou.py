@@ -11,7 +11,7 @@ import torch
 
 from powersam.data.coco import CocoInstances, Sample
 from powersam.data.synth import generate_dataset
-from powersam.eval.cli import add_miou_arguments, run_miou
+from powersam.cli.eval import add_miou_arguments, run_miou
 from powersam.eval.miou import evaluate_miou, format_miou_report, miou_from_masks, step_keys
 from powersam.models.zoo import build_model
 
@@ -284,7 +284,7 @@ def _quick(synth_root, *extra):
 
 
 def test_cli_several_models_write_both_json_layouts(synth_root, tmp_path, capsys):
-    from powersam.bench.cli import load_miou_results
+    from powersam.bench.suite import load_miou_results
 
     out, per_model = tmp_path / "all.json", tmp_path / "per"
     args = _parse([*TWO, *_quick(synth_root, "--point-from", "mask-center", "--json", str(out), "--out", str(per_model))])
@@ -402,7 +402,7 @@ def test_wrong_width_height_in_the_json_is_an_error_naming_the_fields(tmp_path, 
 
 
 def test_det_fails_on_a_dataset_without_annotations(tmp_path, capsys):
-    from powersam.eval.cli import add_det_arguments, run_det
+    from powersam.cli.eval import add_det_arguments, run_det
 
     root = generate_dataset(tmp_path / "ds", 2, seed=0, image_size=(96, 128))
     _edit_annotations(root, lambda d: d.update(annotations=[]))

@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from powersam.cli.report import add_report_arguments, run_report
 from powersam.eval.report import (
     COMPARABLE,
     NOT_COMPARABLE,
-    add_report_arguments,
     markdown_table,
-    run_report,
     table2_markdown,
     write_report,
 )

@@ -98,7 +98,7 @@ def test_every_spec_has_a_description():
 def test_model_groups_hold_known_models():
     assert MODEL_GROUPS["table1"] == (
         "sam_vit_b", "sam_vit_h", "sam2_hiera_l", "slimsam_50", "edgesam", "powersam_b", "powersam_s")
-    from powersam.bench.cli import DEFAULT_MODELS
+    from powersam.bench.suite import DEFAULT_MODELS
 
     assert list(MODEL_GROUPS["table2"]) == DEFAULT_MODELS.split(",")  # the bench's default rows = Table 2
     for group, members in MODEL_GROUPS.items():

@@ -180,7 +180,7 @@ def test_distill_runs_and_writes_a_loadable_checkpoint(teacher, tiny_coco: Path,
 
 
 def test_prune_command_end_to_end(tiny_coco: Path, tmp_path: Path) -> None:
-    from powersam.prune.distill import add_prune_arguments, run_prune
+    from powersam.cli.prune import add_prune_arguments, run_prune
 
     parser = add_prune_arguments(argparse.ArgumentParser())
     out = tmp_path / "out"

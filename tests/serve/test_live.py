@@ -123,7 +123,7 @@ def test_serving_an_onnx_model_never_imports_torch(serve_export):
             main(["serve", "--help"])              # the command line's fast path
         except SystemExit:
             pass
-        from powersam.serve.server import build_app
+        from powersam.cli.serve import build_app
         client = TestClient(build_app([{str(serve_export / 'model.onnx')!r}, {str(serve_export / 'encoder.onnx')!r},
                                        "--threads", "1"]))
         buffer = io.BytesIO()

@@ -18,7 +18,8 @@ from powersam.data.synth import generate_dataset
 from powersam.models.zoo import build_model
 from powersam.ops.boxes import box_iou
 from powersam.train import bbpg as bbpg_module
-from powersam.train.bbpg import BBPGConfig, BoxDetector, add_bbpg_arguments, build_bbpg_schedule, run_bbpg, train_bbpg
+from powersam.cli.train import add_bbpg_arguments, run_bbpg
+from powersam.train.bbpg import BBPGConfig, BoxDetector, build_bbpg_schedule, train_bbpg
 from powersam.train.bbpg_data import BBPGDataset, collate_bbpg, label_mapping, normalize_batch
 from powersam.train.config import dump_config, load_config
 from powersam.transforms import preprocess_image

@@ -8,11 +8,10 @@ from typing import Literal, Optional
 
 import pytest
 
+from powersam.cli.options import add_config_arguments, config_from_args
 from powersam.train.config import (
     ConfigError,
-    add_config_arguments,
     apply_overrides,
-    config_from_args,
     config_from_dict,
     dump_config,
     load_config,

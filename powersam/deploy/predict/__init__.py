@@ -22,19 +22,19 @@ A file that cannot be read or processed is reported (stderr and ``summary.json``
 The command is split along its seams: :mod:`.sources` (expanding files, folders, globs and videos into sources;
 parsing prompts), :mod:`.segment` (loading a PyTorch or ONNX model and making the per-image segment function),
 :mod:`.outputs` (the per-source loop that writes overlays, masks and ``results.json``, and the summary) and
-:mod:`.run` (:func:`predict_sources` and the ``powersam predict`` arguments). Importing this package must not
+:mod:`.run` (:func:`predict_sources`); the ``powersam predict`` arguments are :mod:`powersam.cli.predict`'s. Importing this package must not
 import torch or OpenCV: the ONNX path runs on edge devices without them.
 """
 from __future__ import annotations
 
 from .outputs import format_summary
-from .run import add_predict_arguments, predict_sources, run_predict
+from .run import predict_sources
 from .segment import PROMPT_CLASS_NAMES, SegmentFn, can_detect, is_onnx, load_model, make_segment_fn
 from .sources import Source, collect_sources, parse_boxes, parse_points
 
 __all__ = [
-    "Source", "add_predict_arguments", "collect_sources", "format_summary", "load_model", "make_segment_fn",
-    "parse_boxes", "parse_points", "predict_sources", "run_predict",
+    "Source", "collect_sources", "format_summary", "load_model", "make_segment_fn", "parse_boxes", "parse_points",
+    "predict_sources",
     # public in the module before it became a package; kept importable from here
     "PROMPT_CLASS_NAMES", "SegmentFn", "can_detect", "is_onnx",
 ]

@@ -29,11 +29,9 @@ from .availability import ENGINE_SUFFIX, TensorRTUnavailable, engine_metadata_pa
 from .build import (
     DIMENSION_RANGES,
     PRECISIONS,
-    add_tensorrt_arguments,
     build_engine,
     engine_props,
     prepare_graph,
-    tensorrt_runner,
 )
 from .session import TensorRTSession, load_engine
 
@@ -43,12 +41,10 @@ __all__ = [
     "PRECISIONS",
     "TensorRTSession",
     "TensorRTUnavailable",
-    "add_tensorrt_arguments",
     "build_engine",
     "engine_metadata_path",
     "engine_props",
     "load_engine",
     "prepare_graph",
     "require_tensorrt",
-    "tensorrt_runner",
 ]

@@ -1,20 +1,18 @@
 """Building TensorRT engines from exported graphs, and the ``powersam export --format tensorrt`` back end."""
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 from ...runtime.metadata import KEY_PREFIX, GraphMetadata
 from .availability import ENGINE_SUFFIX, engine_metadata_path, require_tensorrt
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DIMENSION_RANGES", "PRECISIONS", "add_tensorrt_arguments", "build_engine", "engine_props",
-           "prepare_graph", "tensorrt_runner"]
+__all__ = ["DIMENSION_RANGES", "PRECISIONS", "build_engine", "engine_props", "prepare_graph"]
 
 PathLike = Union[str, Path]
 Shapes = Mapping[str, Sequence[int]]
@@ -180,41 +178,3 @@ def _dimension_default(input_name: str, axis: int, which: int) -> int:
         raise ValueError(f"input {input_name!r} has a dynamic dimension {axis} without a default range; "
                          "give it in min_shapes / opt_shapes / max_shapes")
     return DIMENSION_RANGES[key][which]
-
-
-# ------------------------------------------------------------------------------------------------ CLI
-def add_tensorrt_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``powersam export --format tensorrt`` (``--int8``/``--calib``/``--num-calib``/``--calib-method``
-    are shared with the ONNX INT8 export, see :func:`powersam.deploy.quantize.add_int8_arguments`)."""
-    group = parser.add_argument_group("TensorRT (--format tensorrt)")
-    group.add_argument("--no-fp16", action="store_true", help="build an FP32 engine (default FP16; --int8: INT8 "
-                       "convolutions, the rest FP32)")
-    group.add_argument("--workspace-gb", type=float, default=4.0, help="builder workspace limit in GiB (default 4)")
-
-
-ExportRunner = Callable[[argparse.Namespace], list[Path]]
-
-
-def tensorrt_runner(export_fp32: ExportRunner) -> ExportRunner:
-    """The ``--format tensorrt`` back end: check TensorRT and the GPU first, export the float ONNX graph(s) with
-    ``export_fp32`` (``X.engine`` is exported as ``X.onnx``), then build one engine per graph beside it."""
-
-    def run(args: argparse.Namespace) -> list[Path]:
-        require_tensorrt()  # before the export: without TensorRT or a GPU there is nothing to build
-        if getattr(args, "fp16", False) and args.no_fp16:
-            raise ValueError("--fp16 and --no-fp16 contradict each other (FP16 is the default engine precision)")
-        if getattr(args, "int8", False) and args.no_fp16:
-            raise ValueError("--int8 and --no-fp16: choose one (INT8 engines keep their other layers FP32 already, "
-                             "and build decoder graphs FP16)")
-        precision = "int8" if getattr(args, "int8", False) else "fp32" if args.no_fp16 else "fp16"
-        onnx_out = Path(args.out).with_suffix(".onnx") if Path(args.out).suffix == ENGINE_SUFFIX else Path(args.out)
-        graphs = export_fp32(argparse.Namespace(**{**vars(args), "out": onnx_out}))
-        engines = []
-        for graph in graphs:
-            engines.append(build_engine(
-                graph, graph.with_suffix(ENGINE_SUFFIX), precision, getattr(args, "calib", None),
-                args.workspace_gb, num_calib=getattr(args, "num_calib", 32),
-                calib_method=getattr(args, "calib_method", "minmax")))
-        return [*graphs, *engines]
-
-    return run

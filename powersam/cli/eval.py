@@ -1,4 +1,4 @@
-"""Argument parsing and entry points of ``powersam eval miou`` and ``powersam eval det``.
+"""``powersam eval miou`` and ``powersam eval det``: argument parsing and entry points.
 
 Both return a process exit code: 0 on success, 1 on a reported failure (the message goes to stderr).
 
@@ -332,3 +332,16 @@ def run_det(args: argparse.Namespace) -> int:
         return _finish(args, result, format_detection_report(result), model, "num_annotations")
     except (ValueError, TypeError, FileNotFoundError, RuntimeError, OSError) as err:
         return _fail(err)
+
+
+def register(sub: Any) -> None:
+    """Add ``eval miou`` and ``eval det`` to the ``powersam`` sub-command parsers ``sub``."""
+    evaluation = sub.add_parser("eval", help="evaluate: prompted mask mIoU, COCO detection AP").add_subparsers(
+        dest="eval_command", required=True, metavar="EVAL_COMMAND"
+    )
+    p = evaluation.add_parser("miou", help="mask mIoU under GT box / point prompts with refinement clicks")
+    add_miou_arguments(p)
+    p.set_defaults(func=run_miou)
+    p = evaluation.add_parser("det", help="COCO box AP (and mask AP) of a detect-and-segment model")
+    add_det_arguments(p)
+    p.set_defaults(func=run_det)

@@ -1,0 +1,6 @@
+"""``python -m powersam.cli``: the ``powersam`` command."""
+import sys
+
+from . import main
+
+sys.exit(main())

@@ -1,0 +1,142 @@
+"""``powersam bench``: options → :func:`powersam.bench.benchmark` and its outputs (``bench.json``, ``bench.md``,
+the figure). Torch loads only when the command runs."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..bench.suite import DEFAULT_MODELS
+
+
+def _frame(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW, e.g. 1080x1920, got {text!r}") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"frame sides must be positive, got {text!r}")
+    return h, w
+
+
+def _boxes(text: str) -> int | str:
+    if text == "detected":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of boxes or 'detected', got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"the number of boxes must be >= 0, got {value}")
+    return value
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Arguments of ``powersam bench``."""
+    parser.description = (
+        "Time whole frames (preprocess, encoder + box-prompt generator or separate detector, decoder for K boxes, "
+        "mask upsampling) and each stage, for every model x runtime, interleaved round-robin in one process. "
+        "All selected models stay built at once (interleaving needs them): SAM ViT-H at 1024 alone takes ~2.5 GB.")
+    parser.add_argument("--models", default=DEFAULT_MODELS,
+                        help="comma-separated zoo names and/or group names (table1: the paper's Table 1 models, "
+                             f"table2: integrated vs decoupled; see 'powersam models'; default {DEFAULT_MODELS})")
+    parser.add_argument("--runtime", default="torch",
+                        help="comma-separated: torch, onnx, onnx-int8 (default torch); a runtime that cannot run "
+                             "here is recorded as 'not available' with the reason")
+    parser.add_argument("--size", type=int, default=1024, help="network input size S (default 1024)")
+    parser.add_argument("--frame", type=_frame, default=(1080, 1920), metavar="HxW",
+                        help="size of the synthetic original image; masks are upsampled to it (default 1080x1920)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch / ONNX Runtime intra-op threads (default 1: stable numbers on shared machines)")
+    parser.add_argument("--boxes", type=_boxes, default=5, metavar="K|detected",
+                        help="boxes decoded per frame: K fixed synthetic boxes (default 5; random weights detect "
+                             "nothing) or 'detected' (the detector's boxes; needs trained weights)")
+    parser.add_argument("--repeats", type=int, default=20, help="timed frames per pipeline (default 20)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed frames per pipeline first (default 3)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    parser.add_argument("--det-size", type=int, default=640, help="decoupled models' detector input (default 640)")
+    parser.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH",
+                        help="weights for a model (repeatable); others get random weights")
+    parser.add_argument("--miou-json", nargs="+", default=[], metavar="[NAME=]FILE",
+                        help="'powersam eval miou' results to put next to the latencies: its --json file (one "
+                             "model, or several: all are taken) or the per-model files of its --out DIR")
+    parser.add_argument("--out", type=Path, default=Path("bench"),
+                        help="output folder for bench.json, bench.md and the figure; ONNX runtimes export their "
+                             "graphs to OUT/graphs (default ./bench)")
+    parser.add_argument("--json", type=Path, default=None, metavar="OUT", help="also write bench.json here")
+    parser.add_argument("--no-complexity", action="store_true", help="skip the params/GMACs count")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic image (default 0)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from ..bench.pipelines import BenchSettings
+
+    if args.repeats < 1 or args.warmup < 0:
+        raise ValueError(f"need --repeats >= 1 and --warmup >= 0, got {args.repeats} and {args.warmup}")
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda: no CUDA device is available to this torch build")
+    elif args.device != "cpu":
+        raise ValueError(f"--device must be cpu or cuda[:N], got {args.device!r}")
+    checkpoints = {}
+    for item in args.checkpoint:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--checkpoint expects NAME=PATH, got {item!r}")
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"--checkpoint {name}: {path} does not exist")
+        checkpoints[name] = Path(path)
+    return BenchSettings(img_size=args.size, frame=args.frame, boxes=args.boxes, device=args.device,
+                         threads=args.threads, det_size=args.det_size, checkpoints=checkpoints,
+                         work_dir=args.out / "graphs", seed=args.seed)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """``powersam bench``: exit 0 after writing the outputs, 1 with a one-line message on a reported failure."""
+    from ..bench.suite import benchmark, load_miou_results, split_names, write_bench_outputs
+
+    try:
+        settings = _settings(args)
+        miou = load_miou_results(args.miou_json)
+        bar = None
+        if not args.no_progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(desc="bench", unit="frame", leave=False)
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(1)
+
+        bench = benchmark(split_names(args.models), split_names(args.runtime), settings, repeats=args.repeats,
+                          warmup=args.warmup, complexity=not args.no_complexity,
+                          progress=progress if bar is not None else None)
+        if bar is not None:
+            bar.close()
+        written = write_bench_outputs(bench, args.out, miou or None)
+        if args.json is not None:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(written["json"].read_text(encoding="utf-8"), encoding="utf-8")
+    except (ValueError, TypeError, FileNotFoundError, RuntimeError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    for r in bench["records"]:
+        if r.get("available", True):
+            print(f"{r['model']:24s} {r['runtime']:10s} median {r['latency_ms_median']:9.2f} ms  "
+                  f"p90 {r['latency_ms_p90']:9.2f} ms  {r['fps']:7.2f} FPS")
+        else:
+            print(f"{r['model']:24s} {r['runtime']:10s} {r['error']}")
+    print(f"wrote {', '.join(str(p) for p in written.values())}")
+    return 0
+
+
+def register(sub: Any) -> None:
+    """Add ``bench`` to the ``powersam`` sub-command parsers ``sub``."""
+    p = sub.add_parser("bench", help="latency per frame and per stage, with params/GMACs, across models and runtimes")
+    add_bench_arguments(p)
+    p.set_defaults(func=run_bench)
