@@ -56,6 +56,30 @@ def git_commit() -> str:
         return "unknown"
 
 
+def earlier_runs(meta: dict) -> list[dict]:
+    """The runs a continued teacher builds on: the shipped record's history (``init_checkpoint: synth``), or an
+    earlier ``teacher.pt`` of this machine (its own meta and the ``metrics.jsonl`` beside it), recursively."""
+    init = meta.get("init_checkpoint")
+    if init is None:
+        return []
+    if init == "synth":
+        try:
+            return shipped_teacher_record().get("runs", [])
+        except ShippedWeightsError:
+            return []
+    path = Path(init)
+    earlier = read_powersam_checkpoint(path).get("meta") or {}
+    metrics = path.parent / "metrics.jsonl"
+    config = path.parent / "config.yaml"
+    return earlier_runs(earlier) + [{
+        "command": f"powersam train synth-teacher --config {config}" + (" (stopped early; teacher from its last.pt)"
+                                                                        if earlier.get("partial") else ""),
+        "steps": earlier.get("steps"), "scene_seed": earlier.get("scene_seed"),
+        "scene_offset": earlier.get("scene_offset"), "next_scene_offset": earlier.get("next_scene_offset"),
+        "wall_seconds": training_seconds(metrics) if metrics.is_file() else None, "machine": machine(),
+        "git_commit": git_commit()}]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("teacher", type=Path, help="teacher.pt written by `powersam train synth-teacher`")
@@ -75,13 +99,7 @@ def main() -> int:
         return 1
     metrics = args.teacher.parent / "metrics.jsonl"
     seconds = training_seconds(metrics) if metrics.is_file() else None
-    history = []
-    if meta.get("init_checkpoint") == "synth":
-        try:
-            previous = shipped_teacher_record()
-            history = previous.get("runs", [])
-        except ShippedWeightsError:
-            pass
+    history = earlier_runs(meta)
     run = {"command": args.command, "steps": meta["steps"], "scene_seed": meta["scene_seed"],
            "scene_offset": meta["scene_offset"], "next_scene_offset": meta["next_scene_offset"],
            "wall_seconds": seconds, "machine": machine(), "git_commit": git_commit(),

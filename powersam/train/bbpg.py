@@ -33,6 +33,7 @@ from ..data.augment import DetectionAugment
 from .bbpg_data import BBPGDataset, BoxDetector, collate_bbpg, label_mapping, normalize_batch
 from .bbpg_eval import BoxAPValidator, recompute_bn_statistics
 from .config import config_to_dict, dump_config
+from .signals import ignore_stop_signals
 from .distributed import (ShardSampler, barrier, init_distributed, is_main, move_to_device, unwrap_model,
                           wrap_ddp)
 from .ema import ModelEMA
@@ -321,7 +322,8 @@ def train_bbpg(cfg: BBPGConfig, resume: bool = False) -> Path:
     augment = _make_augment(cfg, img_size)
     dataset = BBPGDataset(train_source, img_size, augment, label_map, seed=cfg.seed, min_box_size=cfg.min_box_size)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=ShardSampler(len(dataset), seed=cfg.seed),
-                        num_workers=cfg.num_workers, collate_fn=collate_bbpg, pin_memory=device.type == "cuda")
+                        num_workers=cfg.num_workers, collate_fn=collate_bbpg, pin_memory=device.type == "cuda",
+                        worker_init_fn=ignore_stop_signals)
 
     box_generator = model.box_generator
     if info.distributed and device.type == "cuda":

@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..data.synth_stream import ConsecutiveSampler, SceneSpec, SceneStream
+from .signals import ignore_stop_signals
 from .sam_data import SamStageConfig, SamTrainDataset, collate_sam_batch, fit_stage, init_stage
 from .teacher import TeacherConfig, TeacherObjective, load_teacher, sam_state_dict
 
@@ -85,7 +86,7 @@ def pretrain_teacher(cfg: SynthTeacherConfig, resume: bool = False) -> Path:
     scenes_per_epoch = cfg.iters_per_epoch * cfg.batch_size * info.world_size
     sampler = ConsecutiveSampler(scenes_per_epoch, offset=cfg.scene_offset)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
-                        collate_fn=collate_sam_batch, drop_last=True)
+                        collate_fn=collate_sam_batch, drop_last=True, worker_init_fn=ignore_stop_signals)
     objective = TeacherObjective(sam, train_encoder=True, point_prob=cfg.point_prob, box_noise=cfg.box_noise,
                                  decode_iters=cfg.decode_iters, bce_weight=cfg.bce_weight,
                                  dice_weight=cfg.dice_weight, iou_weight=cfg.iou_weight,
@@ -101,7 +102,7 @@ def pretrain_teacher(cfg: SynthTeacherConfig, resume: bool = False) -> Path:
 
 
 def save_pretrained_teacher(path: Path, state: dict[str, Any], model_name: str, cfg: SynthTeacherConfig, steps: int,
-                            world_size: int, previous: dict[str, Any]) -> Path:
+                            world_size: int, previous: dict[str, Any], partial: bool = False) -> Path:
     """Write a pretrained teacher (PowerSAM format) whose meta records its steps and the scenes it used.
 
     ``previous``: the meta of the teacher it continued from (its steps count toward ``total_steps``)."""
@@ -113,8 +114,9 @@ def save_pretrained_teacher(path: Path, state: dict[str, Any], model_name: str, 
         "init_checkpoint": cfg.init_checkpoint, "steps": steps,
         "total_steps": int(previous.get("total_steps", 0)) + steps,
         "scene_seed": cfg.scene_seed, "scene_offset": cfg.scene_offset,
-        "next_scene_offset": cfg.scene_offset + scenes_used, "img_size": cfg.img_size,
-        "summary": [f"pretrained {steps} steps on {scenes_used} fresh scenes of stream {cfg.scene_seed}"],
+        "next_scene_offset": cfg.scene_offset + scenes_used, "img_size": cfg.img_size, "partial": partial,
+        "summary": [f"pretrained {steps} steps on {scenes_used} fresh scenes of stream {cfg.scene_seed}"
+                    + (f" (stopped before its {cfg.epochs * cfg.iters_per_epoch} steps)" if partial else "")],
     }
     return save_checkpoint(path, state, model_name, model_config={"img_size": cfg.img_size}, meta=meta)
 
@@ -138,8 +140,10 @@ def teacher_from_training_state(run_dir: Path) -> Path:
     previous = {}
     if cfg.init_checkpoint is not None:
         previous = read_powersam_checkpoint(resolve_teacher_checkpoint(cfg.init_checkpoint)).get("meta") or {}
-    return save_pretrained_teacher(run_dir / "teacher.pt", state, cfg.model, cfg, int(training["global_step"]),
-                                   int(training.get("world_size", 1)), previous)
+    steps = int(training["global_step"])
+    return save_pretrained_teacher(run_dir / "teacher.pt", state, cfg.model, cfg, steps,
+                                   int(training.get("world_size", 1)), previous,
+                                   partial=steps < cfg.epochs * cfg.iters_per_epoch)
 
 
 # ---------------------------------------------------------------------------------------------- student
@@ -207,7 +211,7 @@ def pretrain_student(cfg: SynthStudentConfig, resume: bool = False) -> Path:
     dataset = SamTrainDataset(SceneStream(cfg.scene_seed, cfg.scene_spec()), cfg.img_size, with_instances=False)
     sampler = ConsecutiveSampler(cfg.iters_per_epoch * cfg.batch_size * info.world_size, offset=cfg.scene_offset)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
-                        collate_fn=collate_sam_batch, drop_last=True)
+                        collate_fn=collate_sam_batch, drop_last=True, worker_init_fn=ignore_stop_signals)
     objective = OnlineEncoderDistillObjective(sam.image_encoder, teacher.image_encoder)
     trainer = fit_stage(cfg, objective, loader, info, resume, optimizer_model=sam.image_encoder)
     sam.eval()

@@ -34,6 +34,7 @@ from ..models.sam.sam import SAM_PIXEL_MEAN, SAM_PIXEL_STD
 from ..transforms import ResizeLongestSide, image_to_input_tensor, normalize_and_pad
 from . import distributed as pdist
 from .distributed import ShardSampler
+from .signals import ignore_stop_signals
 
 EMBED_STRIDE = 16  # image-embedding cells per input pixel side
 LOWRES_STRIDE = 4  # low-res mask cells per input pixel side
@@ -200,6 +201,7 @@ def build_sam_loader(
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, collate_fn=collate_sam_batch,
         drop_last=drop_last and len(sampler) >= batch_size, persistent_workers=False,
+        worker_init_fn=ignore_stop_signals,
     )
 
 

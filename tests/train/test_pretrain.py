@@ -74,7 +74,7 @@ def test_an_interrupted_run_still_yields_a_teacher(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         pretrain_teacher(tiny_config(tmp_path))
     payload = read_powersam_checkpoint(teacher_from_training_state(tmp_path))
-    assert payload["meta"]["steps"] == 3 and payload["meta"]["next_scene_offset"] == 6
+    assert payload["meta"]["steps"] == 3 and payload["meta"]["next_scene_offset"] == 6 and payload["meta"]["partial"]
     assert payload["model_name"] == "edgesam" and all(k.startswith(("image_encoder.", "prompt_encoder.", "mask_decoder."))
                                                         for k in payload["state_dict"])
 
@@ -94,3 +94,31 @@ def test_student_distillation_on_streamed_scenes_lowers_the_embedding_error(tmp_
             assert torch.equal(value, teacher_state[key]), key
     losses = [r["loss"] for r in read_metrics(tmp_path / "student" / "metrics.jsonl")]
     assert sum(losses[-4:]) < sum(losses[:4])
+
+
+def test_sigterm_to_the_whole_process_group_still_saves(tmp_path):
+    # `kill -TERM -PGID`, a container stop or Ctrl-C reach the DataLoader workers too; before, a worker died first
+    # and the run ended with "DataLoader worker is killed by signal" and no save.
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "powersam.cli", "train", "synth-teacher", "--set", "img_size=64",
+               "--set", "scene_height=64", "--set", "scene_width=80", "--set", "max_objects=3", "--set", "epochs=50",
+               "--set", "iters_per_epoch=50", "--set", "batch_size=2", "--set", "num_workers=1",
+               "--set", "log_every=1", "--set", "progress=false", "--set", "plot=false", "--set", f"output_dir={out}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                               start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "metrics.jsonl").is_file():
+        time.sleep(0.5)
+    assert (out / "metrics.jsonl").is_file(), process.communicate()[1][-2000:]
+    os.killpg(process.pid, signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert "DataLoader worker" not in stderr, stderr[-2000:]
+    state = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+    assert state["global_step"] >= 1
