@@ -238,15 +238,11 @@ class Client:
     # ------------------------------------------------------------------ decoding
     @staticmethod
     def _results(body: dict[str, Any], class_names: list[str], path: Any) -> Results:
-        from pycocotools import mask as mask_utils
+        from .masks import CompactMasks
 
         height, width = body["image_size"]
-        rles = body.get("masks") or []
-        if rles:
-            masks = np.stack([mask_utils.decode({"size": r["size"], "counts": r["counts"].encode("ascii")})
-                              for r in rles]).astype(bool)
-        else:
-            masks = np.zeros((0, height, width), bool)
+        # Kept as run lengths (Results.masks builds the N×H×W array only when read).
+        masks = CompactMasks.from_coco(body.get("masks") or [], (height, width))
         result = Results(boxes=np.asarray(body["boxes"], np.float32).reshape(-1, 4),
                          scores=np.asarray(body["scores"], np.float32), labels=np.asarray(body["labels"], np.int64),
                          masks=masks, class_names=class_names, orig_shape=(height, width), image_path=path)

@@ -9,7 +9,9 @@ encoder …       the backend's detection stages: ``encoder`` + ``bbpg`` + ``det
                 ``det_preprocess`` + ``detector`` + ``detect`` + ``encoder`` (PyTorch decoupled), or ``network``
                 (an exported graph that detects and decodes in one call)
 decoder         prompt encoder + mask decoder for the kept boxes (single-mask output) → N×1×s×s low-res logits
-postprocess     upsample the logits to the original image and threshold; boxes back to original pixels
+postprocess     upsample the logits to the original image and threshold, one mask at a time and only where the mask
+                can be set (:mod:`powersam.inference.upsample`), into :class:`~powersam.masks.CompactMasks`
+                (run lengths, never N full-resolution planes); boxes back to original pixels
 ==============  ====================================================================================================
 
 A backend (:class:`DetectBackend`) only runs networks and converts arrays; argument checks, the class filter, box
@@ -24,10 +26,12 @@ from typing import Any, Optional, Protocol, Sequence
 import numpy as np
 
 from ..io import load_image
+from ..masks import CompactMasks
 from ..results import Results
 from .timing import StageTimer
+from .upsample import masks_from_input_logits
 
-__all__ = ["DetectBackend", "Detections", "check_detection_args", "class_filter", "detect_and_segment"]
+__all__ = ["DetectBackend", "Detections", "check_detection_args", "class_filter", "compact_masks", "detect_and_segment"]
 
 Size = tuple[int, int]
 
@@ -66,7 +70,15 @@ class DetectBackend(Protocol):
         """Low-res mask logits K×1×s×s (backend array) of the detections at indices ``keep`` (K int64)."""
 
     def upsample(self, low_res: Any, input_size: Size, original_size: Size) -> np.ndarray:
-        """K×1×s×s logits → K×1×H×W bool masks at the original resolution (NumPy)."""
+        """K×1×s×s logits → K×1×H×W bool masks at the original resolution (NumPy). The pipeline calls it one
+        mask at a time, and only for a backend without ``input_logits``."""
+
+    # Optional (both built-in backends have them): the first, cheap upsampling step and the mask threshold; the
+    # pipeline then does the expensive second step itself, per mask, on the rectangle where the mask can be set.
+    #   mask_threshold: float
+    #   def input_logits(self, low_res: Any, input_size: Size) -> np.ndarray:
+    #       """K×1×s×s logits → K×h×w float32 NumPy logits of the input frame (bilinear to the padded S×S input,
+    #       padding cropped)."""
 
 
 def check_detection_args(
@@ -105,6 +117,27 @@ def boxes_to_original(boxes: np.ndarray, input_size: Sequence[int], original_siz
     return out
 
 
+def compact_masks(backend: DetectBackend, low_res: Any, input_size: Size, original_size: Size,
+                  chunk_bytes: int = 64 * 2**20) -> CompactMasks:
+    """K×1×s×s low-res logits (backend array) → :class:`CompactMasks` at the original resolution, a bounded chunk
+    of masks through the backend's ``input_logits`` at a time, then one mask at a time (see
+    :mod:`powersam.inference.upsample`). A backend without ``input_logits`` has its ``upsample`` called one mask
+    at a time instead (one full-resolution plane at a time)."""
+    masks = CompactMasks(original_size)
+    total = int(low_res.shape[0])
+    if not callable(getattr(backend, "input_logits", None)):
+        for i in range(total):
+            mask = np.asarray(backend.upsample(low_res[i : i + 1], input_size, original_size))[0, 0]
+            masks.append_crop(mask, 0, 0)
+        return masks
+    threshold = float(getattr(backend, "mask_threshold", 0.0))
+    chunk = max(1, chunk_bytes // (4 * max(1, max(int(input_size[0]), int(input_size[1])) ** 2)))  # S×S each
+    for start in range(0, total, chunk):
+        logits = backend.input_logits(low_res[start : start + chunk], input_size)
+        masks_from_input_logits(logits, original_size, threshold, out=masks)
+    return masks
+
+
 def detect_and_segment(
     backend: DetectBackend,
     image: Any,
@@ -115,7 +148,12 @@ def detect_and_segment(
     timer: Optional[StageTimer] = None,
 ) -> Results:
     """Detect every object in ``image`` (path, PIL image or H×W×3 array) and segment each one → :class:`Results`
-    with boxes in original pixels, N×H×W bool masks and ``speed`` (milliseconds per stage)."""
+    with boxes in original pixels, compact masks (:class:`~powersam.masks.CompactMasks`; ``Results.masks`` gives
+    them as N×H×W bool on demand) and ``speed`` (milliseconds per stage).
+
+    Memory does not grow with full-resolution planes: masks are upsampled and encoded one at a time, so the peak
+    is the image plus one mask's crop (at most H×W bool) and a bounded float32 strip, whatever the detection count.
+    """
     conf, iou, max_det = check_detection_args(conf, iou, max_det, backend.detection_defaults())
     wanted = class_filter(classes, backend.class_names)
     timer = timer if timer is not None else StageTimer()
@@ -134,13 +172,13 @@ def detect_and_segment(
     with timer("decoder"):
         low_res = backend.decode(dets, keep)
     with timer("postprocess"):
-        masks = backend.upsample(low_res, dets.input_size, original_size)
+        masks = compact_masks(backend, low_res, dets.input_size, original_size)
         boxes = boxes_to_original(dets.boxes[keep], dets.input_size, original_size)
     return Results(
         boxes=boxes,
         scores=dets.scores[keep].astype(np.float32),
         labels=dets.labels[keep].astype(np.int64),
-        masks=masks[:, 0],
+        masks=masks,
         class_names=list(backend.class_names),
         orig_shape=tuple(original_size),
         image_path=path,

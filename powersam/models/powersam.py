@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..inference.detect import Detections, detect_and_segment
@@ -153,10 +154,21 @@ class DetectSegmentModel(Sam):
         return low_res
 
     def upsample(self, low_res: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]) -> np.ndarray:
-        """K×1×s×s logits → K×1×H×W bool masks (NumPy) at the original resolution."""
+        """K×1×s×s logits → K×1×H×W bool masks (NumPy) at the original resolution: K full planes (predict() uses
+        :meth:`input_logits` and upsamples each mask only where it can be set)."""
         with torch.no_grad():
             masks = masks_to_original(low_res, input_size, original_size, self.img_size, output_device="cpu")
         return masks.numpy()
+
+    def input_logits(self, low_res: torch.Tensor, input_size: tuple[int, int]) -> np.ndarray:
+        """K×1×s×s logits → K×h×w float32 NumPy logits of the input frame: bilinear to the padded S×S input (on the
+        model's device, as :func:`~powersam.transforms.masks_to_original` does) and the padding cropped. The second
+        step, to the original size, is :func:`powersam.inference.upsample.upsample_to_original`."""
+        with torch.no_grad():
+            logits = F.interpolate(low_res.float(), (self.img_size, self.img_size), mode="bilinear",
+                                   align_corners=False)
+            logits = logits[:, 0, : int(input_size[0]), : int(input_size[1])]
+        return logits.cpu().numpy()
 
     # ------------------------------------------------------------------ images
     def predict(

@@ -8,7 +8,7 @@ import numpy as np
 from ..inference.detect import Detections, detect_and_segment
 from ..inference.timing import StageTimer
 from ..results import Results
-from .preprocess import preprocess_image, upsample_masks
+from .preprocess import _resize, preprocess_image, upsample_masks
 from .preprocess import detector_feeds as decoupled_detector_feeds
 from .session import GraphSession
 
@@ -97,8 +97,15 @@ class OnnxPowerSAM:
         return detections.state[keep]
 
     def upsample(self, low_res: np.ndarray, input_size: Sequence[int], original_size: Sequence[int]) -> np.ndarray:
-        """K×1×s×s logits → K×1×H×W bool masks at the original resolution."""
+        """K×1×s×s logits → K×1×H×W bool masks at the original resolution: K full planes (predict() uses
+        :meth:`input_logits` and upsamples each mask only where it can be set)."""
         return upsample_masks(low_res, input_size, original_size, self.img_size, threshold=self.mask_threshold)
+
+    def input_logits(self, low_res: np.ndarray, input_size: Sequence[int]) -> np.ndarray:
+        """K×1×s×s logits → K×h×w float32 logits of the input frame (bilinear to the padded S×S input, padding
+        cropped), the first of :func:`~powersam.runtime.preprocess.upsample_masks`' two steps."""
+        stack = np.asarray(low_res, dtype=np.float32)[:, 0]
+        return _resize(stack, (self.img_size, self.img_size))[:, : int(input_size[0]), : int(input_size[1])]
 
     def predict(
         self,

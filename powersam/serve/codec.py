@@ -87,7 +87,8 @@ def parse_detect_params(query: Mapping[str, str], class_names: Sequence[str], ma
 
 
 def results_json(results: Results) -> dict[str, Any]:
-    """Columnar JSON of :class:`Results` with COCO compressed-RLE masks (``counts`` a string)."""
+    """Columnar JSON of :class:`Results` with COCO compressed-RLE masks (``counts`` a string), encoded one mask at a
+    time (from the run lengths of compact results: no full-resolution plane)."""
     coco = results.to_coco(image_id=0)
     return {
         "image_size": list(results.orig_shape),
@@ -96,7 +97,7 @@ def results_json(results: Results) -> dict[str, Any]:
         "labels": [int(v) for v in results.labels.tolist()],
         "names": results.names(),
         "scores": [round(float(v), 5) for v in results.scores.tolist()],
-        "masks": [record["segmentation"] for record in coco] if results.masks is not None else None,
+        "masks": [record["segmentation"] for record in coco] if results.has_masks else None,
         "speed": {k: round(float(v), 3) for k, v in results.speed.items()},
     }
 

@@ -46,13 +46,15 @@ class _JsonArrayWriter:
 
 
 def _save_instance_map(path: Path, results: Results) -> None:
-    """0 = background, i = instance i-1; the highest score is painted last so it wins overlaps."""
-    if results.masks is None:
+    """0 = background, i = instance i-1; the highest score is painted last so it wins overlaps. Painted one mask at
+    a time, on its box (no full-resolution plane per instance)."""
+    if not results.has_masks:
         raise ValueError("--save-masks: the model returned boxes without masks")
     height, width = results.orig_shape
     index_map = np.zeros((height, width), np.uint8 if len(results) < 256 else np.uint16)
     for i in np.argsort(results.scores, kind="stable"):
-        index_map[results.masks[i]] = i + 1
+        y0, x0, mask = results.mask_crop(int(i))
+        index_map[y0 : y0 + mask.shape[0], x0 : x0 + mask.shape[1]][mask] = i + 1
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(index_map).save(path)
 
