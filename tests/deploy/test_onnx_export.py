@@ -444,10 +444,10 @@ def test_cli_export_from_a_checkpoint_alone(tiny_pipeline_run, tmp_path, capsys)
     """A checkpoint written by powersam names its model and input size: `powersam export --checkpoint X` is enough."""
     from powersam.cli import main
 
-    run_dir, _, _ = tiny_pipeline_run
+    run_dir, cfg, _ = tiny_pipeline_run
     out = tmp_path / "student.onnx"
     assert main(["export", "--checkpoint", str(run_dir / "powersam_s.pt"), "--out", str(out)]) == 0
     meta = GraphMetadata.from_props({p.key: p.value for p in onnx.load(str(out)).metadata_props})
-    assert (meta.graph, meta.model_name, meta.img_size) == ("integrated", "powersam_s", 64)
+    assert (meta.graph, meta.model_name, meta.img_size) == ("integrated", "powersam_s", cfg.img_size)
     assert main(["export", "--out", str(tmp_path / "none.onnx")]) == 1
     assert "model name" in capsys.readouterr().err

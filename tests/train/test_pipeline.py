@@ -8,18 +8,24 @@ from powersam.train.pipeline import run_pipeline
 
 
 def test_pipeline_writes_every_artifact(tiny_pipeline_run):
-    out, _, metrics = tiny_pipeline_run
+    out, cfg, metrics = tiny_pipeline_run
     saved = json.loads((out / "metrics.json").read_text())
     for key in ("teacher_box_miou", "student_box_miou", "student_point_miou", "bbpg_ap50", "integrated_mask_ap50", "elapsed_s"):
         assert key in saved, key
     assert 0.0 <= saved["student_box_miou"] <= 100.0 and 0.0 <= saved["bbpg_ap50"] <= 1.0
-    assert saved["teacher_from_scratch"] is True
+    # The demo's teacher is the shipped one: it follows box prompts from the first minute (floor well below the
+    # 48.5 it scores here; from scratch it was ~0). The box-as-mask reference is reported for the same instances.
+    assert saved["teacher_from_scratch"] is False
+    assert saved["teacher_box_miou"] >= 25.0, saved["teacher_box_miou"]
+    assert 30.0 <= saved["box_as_mask_miou"] <= 100.0
+    assert set(saved["box_miou_per_size"]) == {"teacher", "student", "box_as_mask"}
+    assert sum(saved["size_counts"].values()) == saved["num_val_instances"]
     assert (out / "report.md").read_text().count("|") > 20
     assert list((out / "overlays").glob("*.png"))
     for stage in ("teacher", "stage1", "stage2", "stage3"):
         assert (out / stage / "done.json").is_file()
     model = build_model(checkpoint=out / "powersam_s.pt")
-    assert type(model).__name__ == "PowerSAM" and model.img_size == 64
+    assert type(model).__name__ == "PowerSAM" and model.img_size == cfg.img_size
     assert metrics["student_box_miou"] == saved["student_box_miou"]
 
 

@@ -1,0 +1,66 @@
+"""The teacher that ships inside the package (powersam/weights): hash, strict loading, a quality floor."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+import powersam.weights as weights
+from powersam.checkpoint import read_powersam_checkpoint
+from powersam.data.synth_stream import SceneSpec
+from powersam.eval.scenes import evaluate_on_scenes
+from powersam.models.zoo import build_model
+
+FLOOR_SEED = 31337  # neither a training stream nor the held-out seed of the shipped record
+
+
+def test_the_shipped_file_matches_its_recorded_hash_and_size():
+    path, record_path = weights.shipped_paths()
+    record = json.loads(record_path.read_text())
+    assert weights.sha256_file(path) == record["sha256"]
+    assert path.stat().st_size == record["bytes"] <= 25 * 2**20
+    assert record["model"] == "edgesam" and record["total_steps"] > 0 and record["runs"]
+    assert {"command", "steps", "wall_seconds", "machine", "git_commit"} <= set(record["runs"][-1])
+
+
+@pytest.mark.parametrize("img_size", [256, 512, 1024])
+def test_synth_loads_strictly_at_every_input_size(img_size):
+    model = build_model(checkpoint="synth", img_size=img_size)
+    assert model.model_name == "edgesam" and model.img_size == img_size
+    report = model.load_report
+    assert report.loaded == len(model.state_dict()) and not report.left_at_init and not report.ignored_keys
+
+
+def test_the_shipped_teacher_follows_box_prompts_on_fresh_scenes():
+    # A floor well under the recorded held-out value (powersam/weights/synth_teacher.json): noise cannot fail it,
+    # a broken file or a regression anywhere on the prompt path (resize, prompt encoding, decoder, upsampling) does.
+    model = build_model(checkpoint="synth", img_size=256)
+    result = evaluate_on_scenes(model, count=6, seed=FLOOR_SEED, spec=SceneSpec(), prompts=("box",), refine_iters=0)
+    recorded = weights.shipped_teacher_record()["heldout"]["256"]["miou"]["box"]
+    assert result["num_instances"] >= 12
+    assert result["miou"]["box"] >= 0.6 * recorded
+
+
+def test_a_damaged_file_is_refused(tmp_path, monkeypatch):
+    path, record = weights.shipped_paths()
+    damaged, copied_record = tmp_path / path.name, tmp_path / record.name
+    shutil.copyfile(record, copied_record)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    monkeypatch.setattr(weights, "shipped_paths", lambda name="synth": (damaged, copied_record))
+    with pytest.raises(weights.ShippedWeightsError, match="sha256"):
+        read_powersam_checkpoint("synth")
+
+
+def test_a_missing_install_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setattr(weights, "shipped_paths", lambda name="synth": (tmp_path / "x.safetensors", tmp_path / "x.json"))
+    with pytest.raises(weights.ShippedWeightsError, match="missing"):
+        build_model(checkpoint="synth")
+
+
+def test_only_the_plain_name_means_the_shipped_teacher(tmp_path):
+    assert weights.is_shipped_name("synth") and not weights.is_shipped_name("./synth")
+    with pytest.raises(FileNotFoundError):
+        read_powersam_checkpoint(tmp_path / "synth")
