@@ -13,6 +13,8 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image
 
+from ..inference.upsample import linear_taps
+
 try:  # optional: faster mask upsampling
     import cv2
 except ImportError:  # pragma: no cover - exercised only where OpenCV is absent
@@ -92,20 +94,10 @@ def axis_scales(original_size: Sequence[int], input_size: Sequence[int]) -> tupl
     return input_size[0] / original_size[0], input_size[1] / original_size[1]
 
 
-def _linear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Source indices (i0, i1) and the weight of i1 for half-pixel bilinear sampling, edges clamped."""
-    scale = np.float32(in_size / out_size)
-    source = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
-    source = np.maximum(source, np.float32(0.0))
-    i0 = np.minimum(source.astype(np.int64), in_size - 1)
-    i1 = np.minimum(i0 + 1, in_size - 1)
-    return i0, i1, (source - i0).astype(np.float32)
-
-
 def _resize_numpy(stack: np.ndarray, size: Size) -> np.ndarray:
     """C×h×w float32 → C×H×W bilinear (separable: rows, then columns)."""
-    y0, y1, wy = _linear_taps(stack.shape[1], size[0])
-    x0, x1, wx = _linear_taps(stack.shape[2], size[1])
+    y0, y1, wy = linear_taps(stack.shape[1], size[0])
+    x0, x1, wx = linear_taps(stack.shape[2], size[1])
     rows = stack[:, y0] * (1 - wy)[:, None] + stack[:, y1] * wy[:, None]
     return rows[:, :, x0] * (1 - wx) + rows[:, :, x1] * wx
 
