@@ -111,17 +111,20 @@ class Model:
         iou: Optional[float] = None,
         max_det: Optional[int] = None,
         classes: Optional[Sequence[str]] = None,
+        min_side: Optional[int] = None,
     ) -> Union[Results, list[Results]]:
         """Detect and segment: one image (path, PIL image or H×W×3 array) → :class:`Results`; a list → a list.
 
         ``conf`` score threshold, ``iou`` class-aware NMS IoU, ``max_det`` detection cap (None: the model's
-        defaults), ``classes`` class names to keep. Results carry ``speed`` (ms per stage)."""
+        defaults), ``classes`` class names to keep, ``min_side`` the shortest image side accepted (None: 16 pixels,
+        0: any; smaller images raise :class:`~powersam.inference.detect.ImageTooSmall`). Results carry ``speed`` (ms
+        per stage) and flag detections whose mask is empty (:attr:`Results.empty_masks`)."""
         if self.detector is None:
             raise ValueError(f"{self.model_name} has no box-prompt generator or detector: use segment() with prompts")
         if isinstance(images, (list, tuple)):
-            return [self.detector.predict(image, conf=conf, iou=iou, max_det=max_det, classes=classes)
-                    for image in images]
-        return self.detector.predict(images, conf=conf, iou=iou, max_det=max_det, classes=classes)
+            return [self.detector.predict(image, conf=conf, iou=iou, max_det=max_det, classes=classes,
+                                          min_side=min_side) for image in images]
+        return self.detector.predict(images, conf=conf, iou=iou, max_det=max_det, classes=classes, min_side=min_side)
 
     __call__ = predict
 
@@ -159,7 +162,8 @@ class Model:
                 ``model.predictor.predict_batch`` to get them).
 
         Returns:
-            :class:`Results` with N single-mask outputs (class ``"object"``), the predicted IoU as score, the given
+            :class:`Results` with N single-mask outputs (class ``"object"``; masks held compactly, see
+            :attr:`Results.compact_masks`), the predicted IoU as score, the given
             boxes (clipped) or each mask's bounding box, and ``speed`` (``encoder`` when ``image`` is given,
             ``decoder`` = prompt encoder + mask decoder + upsampling).
         """
@@ -187,9 +191,9 @@ class Model:
         if mask is not None:
             prompts["mask_input"] = np.asarray(mask, dtype=np.float32)
         timer = StageTimer()
-        with timer("decoder"):
-            masks, scores, _ = predictor.predict_batch(**prompts, multimask_output=False, chunk_size=chunk_size)
-        result = prompt_results(masks[:, 0], scores[:, 0], prompts.get("boxes"), prompts.get("point_coords"),
+        with timer("decoder"):  # compact masks: no N full-resolution planes (Results.masks builds them on demand)
+            masks, scores, _ = predictor.predict_compact(**prompts, multimask_output=False, chunk_size=chunk_size)
+        result = prompt_results(masks, scores[:, 0], prompts.get("boxes"), prompts.get("point_coords"),
                                 predictor.original_size)
         result.speed = {**speed, **timer.ms}
         return result
