@@ -181,7 +181,10 @@ class Model:
         prompts: dict[str, Any] = {}
         n = None
         if boxes is not None:
-            prompts["boxes"] = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+            boxes = np.asarray(boxes, dtype=np.float64)
+            if boxes.shape != (4,) and (boxes.ndim != 2 or boxes.shape[1] != 4):
+                raise ValueError(f"boxes must have shape N×4 (x0, y0, x1, y1) or 4; got shape {boxes.shape}")
+            prompts["boxes"] = boxes.reshape(-1, 4)
             n = len(prompts["boxes"])
         if points is not None:
             points, labels = np.asarray(points, dtype=np.float64), np.asarray(labels)
@@ -383,6 +386,9 @@ def load(
 
     if path.is_file():
         module = build_model(name, checkpoint=path, **build_options)
+    elif path.suffix or len(path.parts) > 1:  # looks like a file, not a zoo name
+        raise FileNotFoundError(f"checkpoint file not found: '{path}' (a zoo name has no folder or suffix: "
+                                f"{', '.join(list_models())})")
     elif str(source) in list_models():
         if name is not None and name != str(source):
             raise ValueError(f"source {source!r} is a zoo name already; name={name!r} contradicts it")
