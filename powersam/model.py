@@ -116,9 +116,8 @@ class Model:
         """Detect and segment: one image (path, PIL image or H×W×3 array) → :class:`Results`; a list → a list.
 
         ``conf`` score threshold, ``iou`` class-aware NMS IoU, ``max_det`` detection cap (None: the model's
-        defaults), ``classes`` class names to keep, ``min_side`` the shortest image side accepted (None: 16 pixels,
-        0: any; smaller images raise :class:`~powersam.inference.detect.ImageTooSmall`). Results carry ``speed`` (ms
-        per stage) and flag detections whose mask is empty (:attr:`Results.empty_masks`)."""
+        defaults), ``classes`` class names to keep, ``min_side`` the shortest image side (None: 16 px, 0: any; else
+        ``ImageTooSmall``). Results carry ``speed`` (ms per stage) and ``empty_masks``."""
         if self.detector is None:
             raise ValueError(f"{self.model_name} has no box-prompt generator or detector: use segment() with prompts")
         if isinstance(images, (list, tuple)):
@@ -162,9 +161,8 @@ class Model:
                 ``model.predictor.predict_batch`` to get them).
 
         Returns:
-            :class:`Results` with N single-mask outputs (class ``"object"``; masks held compactly, see
-            :attr:`Results.compact_masks`), the predicted IoU as score, the given
-            boxes (clipped) or each mask's bounding box, and ``speed`` (``encoder`` when ``image`` is given,
+            :class:`Results` with N compact single-mask outputs (class ``"object"``), the predicted IoU as score, the
+            given boxes (clipped) or each mask's bounding box, and ``speed`` (``encoder`` when ``image`` is given,
             ``decoder`` = prompt encoder + mask decoder + upsampling).
         """
         predictor = self._require_predictor()
@@ -181,8 +179,7 @@ class Model:
         prompts: dict[str, Any] = {}
         n = None
         if boxes is not None:
-            boxes = np.asarray(boxes, dtype=np.float64)
-            if boxes.shape != (4,) and (boxes.ndim != 2 or boxes.shape[1] != 4):
+            if (boxes := np.asarray(boxes, dtype=np.float64)).shape != (4,) and boxes.shape[1:] != (4,):
                 raise ValueError(f"boxes must have shape N×4 (x0, y0, x1, y1) or 4; got shape {boxes.shape}")
             prompts["boxes"] = boxes.reshape(-1, 4)
             n = len(prompts["boxes"])
@@ -387,8 +384,7 @@ def load(
     if path.is_file():
         module = build_model(name, checkpoint=path, **build_options)
     elif path.suffix or len(path.parts) > 1:  # looks like a file, not a zoo name
-        raise FileNotFoundError(f"checkpoint file not found: '{path}' (a zoo name has no folder or suffix: "
-                                f"{', '.join(list_models())})")
+        raise FileNotFoundError(f"checkpoint file not found: '{path}' (zoo names: {', '.join(list_models())})")
     elif str(source) in list_models():
         if name is not None and name != str(source):
             raise ValueError(f"source {source!r} is a zoo name already; name={name!r} contradicts it")

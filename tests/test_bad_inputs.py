@@ -292,7 +292,8 @@ def test_cli_predict_lists_every_bad_image_and_fails(corpus, tmp_path, capsys):
     code, err = cli(["predict", *images, "--checkpoint", root / "model.pt", "--out", tmp_path / "out",
                      "--no-progress", "--no-overlay", "--conf", "0"], capsys)
     assert code == 1
-    failures = {Path(f["file"]).name: f["error"] for f in json.loads((tmp_path / "out" / "summary.json").read_text())["failures"]}
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    failures = {Path(f["file"]).name: f["error"] for f in summary["failures"]}
     assert set(failures) == set(BAD_IMAGES)  # the odd modes were converted and predicted
     for name, (_, says) in BAD_IMAGES.items():
         assert says in failures[name] and f"{name}: " in err

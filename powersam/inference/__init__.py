@@ -14,4 +14,5 @@ from .detect import (MIN_IMAGE_SIDE, DetectBackend, Detections, ImageTooSmall, c
                      detect_and_segment)
 from .timing import StageTimer
 
-__all__ = ["MIN_IMAGE_SIDE", "DetectBackend", "Detections", "ImageTooSmall", "StageTimer", "check_detection_args", "class_filter", "detect_and_segment"]
+__all__ = ["MIN_IMAGE_SIDE", "DetectBackend", "Detections", "ImageTooSmall", "StageTimer", "check_detection_args",
+           "class_filter", "detect_and_segment"]

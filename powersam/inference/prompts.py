@@ -314,7 +314,8 @@ def prompt_results(
     """Prompted masks as :class:`Results` of the single class ``"object"``.
 
     Args:
-        masks: N×H×W bool or :class:`~powersam.masks.CompactMasks` (kept as they are), scores: N predicted IoU, boxes: the N×4 prompt boxes (original pixels) or None,
+        masks: N×H×W bool or :class:`~powersam.masks.CompactMasks` (kept as they are),
+        scores: N predicted IoU, boxes: the N×4 prompt boxes (original pixels) or None,
         points: the clicks (K×2, or N×K×2) when there are no boxes.
 
     Each result's box is its prompt box clipped to the image, or without boxes the mask's bounding box (the clicks'
