@@ -268,8 +268,9 @@ class PromptPipeline(PromptFrameMixin):
         num_masks = self._num_outputs(check_multimask(multimask_output))
         # Prompts go to the input frame in float64 (segment-anything's apply_coords), then chunk by chunk to the
         # backend, which casts to its own dtype.
-        boxes = None if boxes is None else self._to_input_frame(boxes)
-        point_coords = None if point_coords is None else self._to_input_frame(point_coords)
+        if n:  # N = 0: empty outputs, the decoder does not run
+            boxes = None if boxes is None else self._to_input_frame(boxes)
+            point_coords = None if point_coords is None else self._to_input_frame(point_coords)
 
         def chunks() -> Iterator[tuple[int, int, Any, Any]]:
             for start in range(0, n, chunk_size):
