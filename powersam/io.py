@@ -49,7 +49,8 @@ def load_image(source: ImageSource) -> np.ndarray:
 
     Raises:
         FileNotFoundError: the path does not exist.
-        ValueError: the file cannot be decoded, the array is empty, has the wrong number of dimensions or
+        ValueError: the file cannot be decoded (or its header claims more pixels than Pillow's decompression-bomb
+            limit), the array is empty, has the wrong number of dimensions or
             channels, or holds values outside the range its dtype implies.
         TypeError: ``source`` is of an unsupported type or dtype.
     """
@@ -98,6 +99,9 @@ def _load_file(path: Path) -> np.ndarray:
         with Image.open(path) as image:
             image.load()  # decode now so that truncated files fail here, inside the try
             image = ImageOps.exif_transpose(image)
+    except Image.DecompressionBombError as err:  # the header claims more pixels than Pillow will decode
+        raise ValueError(f"cannot read image file '{path}': its header claims too many pixels to decode safely "
+                         f"({err})") from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ValueError(f"cannot read image file '{path}': {err}") from err
     return _pil_to_rgb(image, what=f"image file '{path}'")

@@ -172,6 +172,10 @@ class CompactMasks:
         """Tight box of mask ``i`` as (y0, x0, y1, x1), ends exclusive; (0, 0, 0, 0) for an empty mask."""
         return self._boxes[self._index(i)]
 
+    def empty(self) -> np.ndarray:
+        """Which masks hold no pixel at all (bool, N), from the boxes: no decoding."""
+        return np.asarray([y1 == y0 for y0, _, y1, _ in self._boxes], dtype=np.bool_)
+
     def areas(self) -> np.ndarray:
         """Pixels inside each mask (int64, N)."""
         return np.asarray([int(c[1::2].sum(dtype=np.int64)) for c in self._counts], dtype=np.int64)

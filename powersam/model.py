@@ -111,17 +111,19 @@ class Model:
         iou: Optional[float] = None,
         max_det: Optional[int] = None,
         classes: Optional[Sequence[str]] = None,
+        min_side: Optional[int] = None,
     ) -> Union[Results, list[Results]]:
         """Detect and segment: one image (path, PIL image or H×W×3 array) → :class:`Results`; a list → a list.
 
         ``conf`` score threshold, ``iou`` class-aware NMS IoU, ``max_det`` detection cap (None: the model's
-        defaults), ``classes`` class names to keep. Results carry ``speed`` (ms per stage)."""
+        defaults), ``classes`` class names to keep, ``min_side`` the shortest image side (None: 16 px, 0: any; else
+        ``ImageTooSmall``). Results carry ``speed`` (ms per stage) and ``empty_masks``."""
         if self.detector is None:
             raise ValueError(f"{self.model_name} has no box-prompt generator or detector: use segment() with prompts")
         if isinstance(images, (list, tuple)):
-            return [self.detector.predict(image, conf=conf, iou=iou, max_det=max_det, classes=classes)
-                    for image in images]
-        return self.detector.predict(images, conf=conf, iou=iou, max_det=max_det, classes=classes)
+            return [self.detector.predict(image, conf=conf, iou=iou, max_det=max_det, classes=classes,
+                                          min_side=min_side) for image in images]
+        return self.detector.predict(images, conf=conf, iou=iou, max_det=max_det, classes=classes, min_side=min_side)
 
     __call__ = predict
 
@@ -159,8 +161,8 @@ class Model:
                 ``model.predictor.predict_batch`` to get them).
 
         Returns:
-            :class:`Results` with N single-mask outputs (class ``"object"``), the predicted IoU as score, the given
-            boxes (clipped) or each mask's bounding box, and ``speed`` (``encoder`` when ``image`` is given,
+            :class:`Results` with N compact single-mask outputs (class ``"object"``), the predicted IoU as score, the
+            given boxes (clipped) or each mask's bounding box, and ``speed`` (``encoder`` when ``image`` is given,
             ``decoder`` = prompt encoder + mask decoder + upsampling).
         """
         predictor = self._require_predictor()
@@ -177,7 +179,9 @@ class Model:
         prompts: dict[str, Any] = {}
         n = None
         if boxes is not None:
-            prompts["boxes"] = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+            if (boxes := np.asarray(boxes, dtype=np.float64)).shape != (4,) and boxes.shape[1:] != (4,):
+                raise ValueError(f"boxes must have shape N×4 (x0, y0, x1, y1) or 4; got shape {boxes.shape}")
+            prompts["boxes"] = boxes.reshape(-1, 4)
             n = len(prompts["boxes"])
         if points is not None:
             points, labels = np.asarray(points, dtype=np.float64), np.asarray(labels)
@@ -187,9 +191,9 @@ class Model:
         if mask is not None:
             prompts["mask_input"] = np.asarray(mask, dtype=np.float32)
         timer = StageTimer()
-        with timer("decoder"):
-            masks, scores, _ = predictor.predict_batch(**prompts, multimask_output=False, chunk_size=chunk_size)
-        result = prompt_results(masks[:, 0], scores[:, 0], prompts.get("boxes"), prompts.get("point_coords"),
+        with timer("decoder"):  # compact masks: no N full-resolution planes (Results.masks builds them on demand)
+            masks, scores, _ = predictor.predict_compact(**prompts, multimask_output=False, chunk_size=chunk_size)
+        result = prompt_results(masks, scores[:, 0], prompts.get("boxes"), prompts.get("point_coords"),
                                 predictor.original_size)
         result.speed = {**speed, **timer.ms}
         return result
@@ -379,6 +383,8 @@ def load(
 
     if path.is_file():
         module = build_model(name, checkpoint=path, **build_options)
+    elif path.suffix or len(path.parts) > 1:  # looks like a file, not a zoo name
+        raise FileNotFoundError(f"checkpoint file not found: '{path}' (zoo names: {', '.join(list_models())})")
     elif str(source) in list_models():
         if name is not None and name != str(source):
             raise ValueError(f"source {source!r} is a zoo name already; name={name!r} contradicts it")

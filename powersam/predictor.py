@@ -15,6 +15,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from powersam.inference.prompts import PromptPipeline, as_finite_float
 from powersam.inference.timing import StageTimer
@@ -179,6 +180,23 @@ class SamPredictor(PromptPipeline):
     @staticmethod
     def _to_numpy(array: torch.Tensor) -> np.ndarray:
         return array.float().cpu().numpy()
+
+    @property
+    def mask_threshold(self) -> float:
+        """Logit above which a pixel is inside the mask (the model's ``mask_threshold``, 0 by default)."""
+        return self._mask_threshold()
+
+    def input_logits(self, low_res: torch.Tensor, input_size: Sequence[int]) -> np.ndarray:
+        """K×1×s×s logits → K×h×w float32 NumPy logits, the first of the two bilinear steps of
+        :func:`~powersam.transforms.masks_to_original` (to the padded S×S input on the model's device, padding
+        cropped; SAM 2's squashed input: the low-res logits themselves, resized once). The second step, per mask
+        and only where it can be set, is :func:`powersam.inference.upsample.upsample_to_original`."""
+        with torch.inference_mode():
+            logits = low_res.float()
+            if self._resize_mode() != "squash":
+                logits = F.interpolate(logits, (self.img_size, self.img_size), mode="bilinear", align_corners=False)
+                logits = logits[..., : int(input_size[0]), : int(input_size[1])]
+            return logits[:, 0].cpu().numpy()
 
     def predict_torch(
         self,

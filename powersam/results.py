@@ -145,8 +145,19 @@ class Results:
         """Pixels in each mask (int64, N)."""
         self._require_masks()
         if self._dense is not None:
-            return self._dense.reshape(len(self), -1).sum(axis=1, dtype=np.int64)
+            return self._dense.sum(axis=(1, 2), dtype=np.int64)
         return self._compact.areas()
+
+    @property
+    def empty_masks(self) -> np.ndarray:
+        """Which instances have a mask without a single pixel (bool, N; all False for box-only results). A detection
+        can be confident and still segment nothing at the image's resolution (an object under a pixel, or a mask
+        decoder that finds nothing in its box): count these before trusting mask statistics."""
+        if self._compact is not None:
+            return self._compact.empty()
+        if self._dense is not None:
+            return ~self._dense.any(axis=(1, 2))
+        return np.zeros(len(self), dtype=np.bool_)
 
     def _require_masks(self) -> None:
         if not self.has_masks:

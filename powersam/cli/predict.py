@@ -31,6 +31,9 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     parser.add_argument("--conf", type=float, default=0.5, help="detection score threshold (default 0.5)")
     parser.add_argument("--iou", type=float, default=0.65, help="NMS IoU threshold (default 0.65)")
     parser.add_argument("--max-det", type=int, default=100, help="detections kept per image (default 100)")
+    parser.add_argument("--min-side", type=int, default=None, metavar="PIXELS",
+                        help="detection: refuse (list as failed) images with a side under this many pixels "
+                             "(default 16; 0 accepts any size)")
     parser.add_argument("--img-size", type=int, default=None,
                         help="network input size of a zoo model (default 1024, or the checkpoint's)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
@@ -50,6 +53,8 @@ def _check_arguments(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer; got {value}")
+    if args.min_side is not None and args.min_side < 0:
+        raise ValueError(f"--min-side must be >= 0 (0: any size); got {args.min_side}")
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -64,8 +69,9 @@ def run_predict(args: argparse.Namespace) -> int:
         classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
         sources = collect_sources(args.source, recursive=args.recursive)
         if args.server:
-            if args.model or args.checkpoint or args.img_size or args.device:
-                raise ValueError("--server runs the server's model: drop --model, --checkpoint, --img-size, --device")
+            if args.model or args.checkpoint or args.img_size or args.device or args.min_side is not None:
+                raise ValueError("--server runs the server's model: drop --model, --checkpoint, --img-size, --device, "
+                                 "--min-side")
             from ..client import Client
 
             model = Client(args.server, api_key=args.api_key)
@@ -76,6 +82,7 @@ def run_predict(args: argparse.Namespace) -> int:
             max_det=args.max_det, classes=classes, overlay=not args.no_overlay, save_masks=args.save_masks,
             stride=args.stride, max_frames=args.max_frames, progress=not args.no_progress,
             model_label=str(args.model) if args.model else getattr(model, "model_name", None),
+            min_side=args.min_side,
         )
     except (ValueError, TypeError, FileNotFoundError, RuntimeError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)

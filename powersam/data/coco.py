@@ -189,8 +189,13 @@ class CocoInstances:
                 height, width = sizes[0]
             entries[image_id] = _ImageEntry(image_id, img["file_name"], file_path, height, width, [], [])
 
+        seen_ann_ids: set = set()
         for index, ann in enumerate(data.get("annotations", [])):
             ann_id = ann.get("id", f"#{index}") if isinstance(ann, dict) else f"#{index}"
+            if isinstance(ann_id, int):  # both kept (they are different objects), but COCO tools index by id
+                if ann_id in seen_ann_ids:
+                    self.notes.setdefault("duplicate_annotation_id", []).append(ann_id)
+                seen_ann_ids.add(ann_id)
             image_id = ann.get("image_id") if isinstance(ann, dict) else None
             if image_id not in records:
                 self._skip("unknown_image_id", ann_id)
@@ -209,6 +214,9 @@ class CocoInstances:
             (entry.crowd if ann.get("iscrowd") else entry.instances).append(instance)
 
         self._entries = [e for e in entries.values() if e.instances or not drop_empty]
+        if "duplicate_annotation_id" in self.notes:
+            _warn_records({"duplicate_annotation_id": self.notes["duplicate_annotation_id"]}, str(json_path),
+                          "annotation ids used twice (both kept; pycocotools keeps only one per id: renumber them)")
         if "bbox_mask_mismatch" in self.notes:
             _warn_records({"bbox_mask_mismatch": self.notes["bbox_mask_mismatch"]}, str(json_path),
                           f"boxes that do not match their masks (IoU < {MISMATCH_IOU}; is bbox really COCO xywh?)")

@@ -10,7 +10,9 @@ NumPy only (torch-free), so the edge runtime shares it with the PyTorch models.
 """
 from __future__ import annotations
 
-from .detect import DetectBackend, Detections, check_detection_args, class_filter, detect_and_segment
+from .detect import (MIN_IMAGE_SIDE, DetectBackend, Detections, ImageTooSmall, check_detection_args, class_filter,
+                     detect_and_segment)
 from .timing import StageTimer
 
-__all__ = ["DetectBackend", "Detections", "StageTimer", "check_detection_args", "class_filter", "detect_and_segment"]
+__all__ = ["MIN_IMAGE_SIDE", "DetectBackend", "Detections", "ImageTooSmall", "StageTimer", "check_detection_args",
+           "class_filter", "detect_and_segment"]

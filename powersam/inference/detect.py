@@ -31,9 +31,19 @@ from ..results import Results
 from .timing import StageTimer
 from .upsample import masks_from_input_logits
 
-__all__ = ["DetectBackend", "Detections", "check_detection_args", "class_filter", "compact_masks", "detect_and_segment"]
+__all__ = ["MIN_IMAGE_SIDE", "DetectBackend", "Detections", "ImageTooSmall", "check_detection_args",
+           "check_image_side", "class_filter", "compact_masks", "detect_and_segment"]
 
 Size = tuple[int, int]
+
+#: Shortest image side (pixels) that detection accepts by default. A smaller image is blown up tens to a thousand
+#: times to the network input: a 1×1 image is one flat colour at 1024×1024, and what the detector "finds" there are
+#: confident boxes whose masks are empty at the image's own resolution. Pass ``min_side=0`` to run anyway.
+MIN_IMAGE_SIDE = 16
+
+
+class ImageTooSmall(ValueError):
+    """The image is smaller than the ``min_side`` that detection needs (see :data:`MIN_IMAGE_SIDE`)."""
 
 
 @dataclass
@@ -105,6 +115,21 @@ def class_filter(classes: Optional[Sequence[str]], class_names: Sequence[str]) -
     return {list(class_names).index(c) for c in classes}
 
 
+def check_image_side(original_size: Sequence[int], min_side: Optional[int]) -> int:
+    """``min_side`` (None: :data:`MIN_IMAGE_SIDE`) after checking that the H×W image reaches it on both sides;
+    :class:`ImageTooSmall` naming the size otherwise, ValueError for a negative ``min_side``."""
+    min_side = MIN_IMAGE_SIDE if min_side is None else int(min_side)
+    if min_side < 0:
+        raise ValueError(f"min_side must be >= 0 (0: no minimum); got {min_side}")
+    height, width = (int(v) for v in original_size)
+    if min(height, width) < min_side:
+        raise ImageTooSmall(
+            f"the image is {width}×{height} pixels (W×H); detection needs at least {min_side} pixels on each side "
+            f"(min_side={min_side}): a smaller image is upscaled so far that the detector only finds noise, with "
+            "empty masks. Pass min_side=0 (CLI: --min-side 0) to detect on it anyway")
+    return min_side
+
+
 def boxes_to_original(boxes: np.ndarray, input_size: Sequence[int], original_size: Sequence[int]) -> np.ndarray:
     """N×4 input-frame xyxy → original pixels (float32), clipped to the image. The per-axis factors are the exact
     resize ratios h/H and w/W (what :class:`~powersam.transforms.ResizeLongestSide` applies)."""
@@ -118,12 +143,12 @@ def boxes_to_original(boxes: np.ndarray, input_size: Sequence[int], original_siz
 
 
 def compact_masks(backend: DetectBackend, low_res: Any, input_size: Size, original_size: Size,
-                  chunk_bytes: int = 64 * 2**20) -> CompactMasks:
+                  chunk_bytes: int = 64 * 2**20, out: Optional[CompactMasks] = None) -> CompactMasks:
     """K×1×s×s low-res logits (backend array) → :class:`CompactMasks` at the original resolution, a bounded chunk
     of masks through the backend's ``input_logits`` at a time, then one mask at a time (see
     :mod:`powersam.inference.upsample`). A backend without ``input_logits`` has its ``upsample`` called one mask
-    at a time instead (one full-resolution plane at a time)."""
-    masks = CompactMasks(original_size)
+    at a time instead (one full-resolution plane at a time). The masks are appended to ``out`` when given."""
+    masks = CompactMasks(original_size) if out is None else out
     total = int(low_res.shape[0])
     if not callable(getattr(backend, "input_logits", None)):
         for i in range(total):
@@ -146,6 +171,7 @@ def detect_and_segment(
     max_det: Optional[int] = None,
     classes: Optional[Sequence[str]] = None,
     timer: Optional[StageTimer] = None,
+    min_side: Optional[int] = None,
 ) -> Results:
     """Detect every object in ``image`` (path, PIL image or H×W×3 array) and segment each one → :class:`Results`
     with boxes in original pixels, compact masks (:class:`~powersam.masks.CompactMasks`; ``Results.masks`` gives
@@ -153,6 +179,10 @@ def detect_and_segment(
 
     Memory does not grow with full-resolution planes: masks are upsampled and encoded one at a time, so the peak
     is the image plus one mask's crop (at most H×W bool) and a bounded float32 strip, whatever the detection count.
+
+    An image with a side under ``min_side`` pixels (None: :data:`MIN_IMAGE_SIDE`; 0: no minimum) raises
+    :class:`ImageTooSmall` before any network runs. Detections whose mask is empty at the original resolution are
+    kept and flagged in :attr:`Results.empty_masks`.
     """
     conf, iou, max_det = check_detection_args(conf, iou, max_det, backend.detection_defaults())
     wanted = class_filter(classes, backend.class_names)
@@ -161,6 +191,7 @@ def detect_and_segment(
     with timer("preprocess"):
         rgb = load_image(image)
     original_size = rgb.shape[:2]
+    check_image_side(original_size, min_side)
     dets = backend.detect(rgb, conf, iou, max_det, timer)
     keep = np.arange(len(dets.boxes), dtype=np.int64)
     if wanted is not None:

@@ -11,7 +11,15 @@ the outputs and decoding ``chunk_size`` prompts at a time. A backend subclass su
   scores B×C)`` on **input-frame** NumPy prompts (any may be None), as backend arrays;
 * ``_upsample_into(low_res, out, return_logits)``: write B×C×H×W masks (bool, or float32 logits) into the NumPy
   array ``out`` at the original resolution;
-* ``_num_outputs(multimask_output) -> int`` and ``_mask_input_size() -> int`` (s).
+* ``_num_outputs(multimask_output) -> int`` and ``_mask_input_size() -> int`` (s);
+* optionally ``input_logits(low_res K×1×s×s, input_size) -> K×h×w`` float32 NumPy (the first, cheap upsampling step,
+  as the detect backends have it) and ``mask_threshold``: :meth:`PromptPipeline.predict_compact` then upsamples each
+  mask only where it can be set (:mod:`powersam.inference.upsample`); without them it calls ``_upsample_into`` one
+  prompt at a time.
+
+:meth:`PromptPipeline.predict_batch` returns N×C×H×W planes (segment-anything's contract);
+:meth:`PromptPipeline.predict_compact` returns :class:`~powersam.masks.CompactMasks` instead, so memory does not grow
+with N full-resolution planes (``Model.segment``, ``powersam predict --boxes`` and ``/v1/segment`` use it).
 
 Stage timings: :meth:`PromptPipeline.set_image` and :meth:`PromptPipeline.predict_batch` take an optional
 :class:`~powersam.inference.timing.StageTimer` and time ``preprocess``, ``encoder``, ``decoder`` (prompt encoder + mask
@@ -21,16 +29,19 @@ NumPy only: the torch-free runtime's :class:`~powersam.runtime.OnnxSamPredictor`
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Iterator, Optional, Union
 
 import numpy as np
 
 from ..io import ImageSource, load_image
+from ..masks import CompactMasks
 from ..prompt_frame import PromptFrameMixin
 from ..results import Results
+from .detect import compact_masks
 from .timing import StageTimer
 
 __all__ = ["PROMPT_CLASS_NAMES", "PromptPipeline", "as_finite_float", "prompt_results"]
+
 
 PROMPT_CLASS_NAMES: tuple[str, ...] = ("object",)
 
@@ -183,47 +194,103 @@ class PromptPipeline(PromptFrameMixin):
             without running the decoder. Masks are upsampled a chunk at a time into a preallocated array.
             ``timer`` (optional) accumulates the ``decoder`` and ``postprocess`` milliseconds over the chunks.
         """
-        self._require_image()
         timer = timer if timer is not None else StageTimer()
-        if chunk_size <= 0:
-            raise ValueError(f"chunk_size must be a positive integer; got {chunk_size}")
-        boxes, point_coords, point_labels, mask_input, n = self._validate_batch_prompts(
-            boxes, point_coords, point_labels, mask_input, self._mask_input_size(), self._as_float
-        )
-        num_masks = self._num_outputs(check_multimask(multimask_output))
+        n, num_masks, chunks = self._decoded_chunks(boxes, point_coords, point_labels, mask_input, multimask_output,
+                                                    chunk_size, timer)
         height, width = self._original_size
         s = self._mask_input_size()
         masks = np.empty((n, num_masks, height, width), dtype=np.float32 if return_logits else np.bool_)
         scores = np.empty((n, num_masks), dtype=np.float32)
         low_res = np.empty((n, num_masks, s, s), dtype=np.float32)
-        if n == 0:
-            return masks, scores, low_res
-
-        # Prompts go to the input frame in float64 (segment-anything's apply_coords), then chunk by chunk to the
-        # backend, which casts to its own dtype.
-        boxes = None if boxes is None else self._to_input_frame(boxes)
-        point_coords = None if point_coords is None else self._to_input_frame(point_coords)
-        for start in range(0, n, chunk_size):
-            stop = min(start + chunk_size, n)
-            with timer("decoder"):
-                low_res_c, scores_c = self._decode_prompts(
-                    None if boxes is None else boxes[start:stop],
-                    None if point_coords is None else point_coords[start:stop],
-                    None if point_labels is None else point_labels[start:stop],
-                    None if mask_input is None else mask_input[start:stop],
-                    multimask_output,
-                )
-            if low_res_c.shape[1] != num_masks:
-                raise ValueError(
-                    f"the mask decoder returned {low_res_c.shape[1]} masks per prompt for "
-                    f"multimask_output={multimask_output!r}; expected {num_masks}"
-                )
+        for start, stop, low_res_c, scores_c in chunks:
             with timer("postprocess"):
                 # Upsample straight into the preallocated output: no full-size float copy of the chunk.
                 self._upsample_into(low_res_c, masks[start:stop], return_logits)
                 scores[start:stop] = self._to_numpy(scores_c)
                 low_res[start:stop] = self._to_numpy(low_res_c)
         return masks, scores, low_res
+
+    def predict_compact(
+        self,
+        boxes: Optional[np.ndarray] = None,
+        point_coords: Optional[np.ndarray] = None,
+        point_labels: Optional[np.ndarray] = None,
+        mask_input: Optional[np.ndarray] = None,
+        multimask_output: Multimask = False,
+        chunk_size: int = 64,
+        timer: Optional[StageTimer] = None,
+    ) -> tuple[CompactMasks, np.ndarray, np.ndarray]:
+        """:meth:`predict_batch` with the masks as :class:`~powersam.masks.CompactMasks` (run lengths) instead of
+        N×C×H×W planes: ``(masks, scores N×C float32, low_res N×C×s×s float32)``, mask ``c`` of prompt ``i`` at
+        index ``i·C + c``. Each mask is upsampled and encoded on its own, only where it can be set, so the peak is
+        one mask's crop plus bounded strips whatever N is (``masks.to_dense().reshape(N, C, H, W)`` is
+        :meth:`predict_batch`'s array, up to float rounding at the threshold)."""
+        timer = timer if timer is not None else StageTimer()
+        n, num_masks, chunks = self._decoded_chunks(boxes, point_coords, point_labels, mask_input, multimask_output,
+                                                    chunk_size, timer)
+        s = self._mask_input_size()
+        masks = CompactMasks(self._original_size)
+        scores = np.empty((n, num_masks), dtype=np.float32)
+        low_res = np.empty((n, num_masks, s, s), dtype=np.float32)
+        for start, stop, low_res_c, scores_c in chunks:
+            with timer("postprocess"):
+                flat = low_res_c.reshape(-1, 1, s, s)  # one mask per row, prompt-major
+                compact_masks(self, flat, self._input_size, self._original_size, out=masks)
+                scores[start:stop] = self._to_numpy(scores_c)
+                low_res[start:stop] = self._to_numpy(low_res_c)
+        return masks, scores, low_res
+
+    def upsample(self, low_res: Any, input_size: Any, original_size: Any) -> np.ndarray:
+        """K×1×s×s logits → K×1×H×W bool planes through ``_upsample_into`` (the fallback of :meth:`predict_compact`
+        for a backend without ``input_logits``; it is called one mask at a time)."""
+        out = np.empty((low_res.shape[0], 1, *self._original_size), dtype=np.bool_)
+        self._upsample_into(low_res, out, False)
+        return out
+
+    def _decoded_chunks(
+        self,
+        boxes: Optional[np.ndarray],
+        point_coords: Optional[np.ndarray],
+        point_labels: Optional[np.ndarray],
+        mask_input: Optional[np.ndarray],
+        multimask_output: Multimask,
+        chunk_size: int,
+        timer: StageTimer,
+    ) -> tuple[int, int, Iterator[tuple[int, int, Any, Any]]]:
+        """Validate the prompts → ``(N, C, chunks)``; iterating ``chunks`` decodes ``chunk_size`` prompts at a time
+        (timed as ``decoder``) and yields ``(start, stop, low_res B×C×s×s, scores B×C)`` as backend arrays."""
+        self._require_image()
+        if chunk_size <= 0:
+            raise ValueError(f"chunk_size must be a positive integer; got {chunk_size}")
+        boxes, point_coords, point_labels, mask_input, n = self._validate_batch_prompts(
+            boxes, point_coords, point_labels, mask_input, self._mask_input_size(), self._as_float
+        )
+        num_masks = self._num_outputs(check_multimask(multimask_output))
+        # Prompts go to the input frame in float64 (segment-anything's apply_coords), then chunk by chunk to the
+        # backend, which casts to its own dtype.
+        if n:  # N = 0: empty outputs, the decoder does not run
+            boxes = None if boxes is None else self._to_input_frame(boxes)
+            point_coords = None if point_coords is None else self._to_input_frame(point_coords)
+
+        def chunks() -> Iterator[tuple[int, int, Any, Any]]:
+            for start in range(0, n, chunk_size):
+                stop = min(start + chunk_size, n)
+                with timer("decoder"):
+                    low_res_c, scores_c = self._decode_prompts(
+                        None if boxes is None else boxes[start:stop],
+                        None if point_coords is None else point_coords[start:stop],
+                        None if point_labels is None else point_labels[start:stop],
+                        None if mask_input is None else mask_input[start:stop],
+                        multimask_output,
+                    )
+                if low_res_c.shape[1] != num_masks:
+                    raise ValueError(
+                        f"the mask decoder returned {low_res_c.shape[1]} masks per prompt for "
+                        f"multimask_output={multimask_output!r}; expected {num_masks}"
+                    )
+                yield start, stop, low_res_c, scores_c
+
+        return n, num_masks, chunks()
 
 
 def _mask_box(mask: np.ndarray) -> Optional[list[float]]:
@@ -233,8 +300,13 @@ def _mask_box(mask: np.ndarray) -> Optional[list[float]]:
     return [float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1)]
 
 
+def _compact_box(masks: CompactMasks, i: int) -> Optional[list[float]]:
+    y0, x0, y1, x1 = masks.box(i)
+    return None if y1 == y0 else [float(x0), float(y0), float(x1), float(y1)]
+
+
 def prompt_results(
-    masks: np.ndarray,
+    masks: Union[np.ndarray, CompactMasks],
     scores: np.ndarray,
     boxes: Optional[np.ndarray],
     points: Optional[np.ndarray],
@@ -243,7 +315,8 @@ def prompt_results(
     """Prompted masks as :class:`Results` of the single class ``"object"``.
 
     Args:
-        masks: N×H×W bool, scores: N predicted IoU, boxes: the N×4 prompt boxes (original pixels) or None,
+        masks: N×H×W bool or :class:`~powersam.masks.CompactMasks` (kept as they are),
+        scores: N predicted IoU, boxes: the N×4 prompt boxes (original pixels) or None,
         points: the clicks (K×2, or N×K×2) when there are no boxes.
 
     Each result's box is its prompt box clipped to the image, or without boxes the mask's bounding box (the clicks'
@@ -257,6 +330,10 @@ def prompt_results(
     else:
         clicks = np.asarray(points, dtype=np.float64).reshape(-1, 2)
         fallback = [*clicks.min(axis=0), *(clicks.max(axis=0) + 1)]
-        out_boxes = np.asarray([_mask_box(m) or fallback for m in masks], dtype=np.float64).reshape(-1, 4)
+        if isinstance(masks, CompactMasks):
+            found = [_compact_box(masks, i) for i in range(len(masks))]
+        else:
+            found = [_mask_box(m) for m in masks]
+        out_boxes = np.asarray([box or fallback for box in found], dtype=np.float64).reshape(-1, 4)
     return Results(out_boxes, scores, np.zeros(len(masks), np.int64), masks, list(PROMPT_CLASS_NAMES),
                    (height, width))

@@ -178,6 +178,7 @@ class DetectSegmentModel(Sam):
         iou: float | None = None,
         max_det: int | None = None,
         classes: Sequence[str] | None = None,
+        min_side: int | None = None,
     ) -> Results:
         """Detect every piece of equipment in an image and segment each one.
 
@@ -188,6 +189,8 @@ class DetectSegmentModel(Sam):
             iou: class-aware NMS IoU threshold (default: ``nms_iou``).
             max_det: keep at most this many detections (highest scores first).
             classes: keep only these class names.
+            min_side: refuse images with a side under this many pixels (None: 16, 0: no minimum; see
+                :data:`powersam.inference.detect.MIN_IMAGE_SIDE`).
 
         Returns:
             :class:`~powersam.results.Results` with boxes (xyxy, original pixels), scores, labels, masks (N×H×W bool)
@@ -196,7 +199,7 @@ class DetectSegmentModel(Sam):
         """
         device = self.pixel_mean.device
         sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
-        return detect_and_segment(self, image, conf, iou, max_det, classes, timer=StageTimer(sync))
+        return detect_and_segment(self, image, conf, iou, max_det, classes, timer=StageTimer(sync), min_side=min_side)
 
     def _sam_input(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
         device = self.pixel_mean.device

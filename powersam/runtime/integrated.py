@@ -114,6 +114,7 @@ class OnnxPowerSAM:
         iou: Optional[float] = None,
         max_det: Optional[int] = None,
         classes: Optional[Sequence[str]] = None,
+        min_side: Optional[int] = None,
     ) -> Results:
         """Detect and segment every object in an image (same arguments and result as ``PowerSAM.predict``: both are
         :func:`powersam.inference.detect_and_segment`).
@@ -121,8 +122,9 @@ class OnnxPowerSAM:
         Args:
             image: RGB H×W×3 uint8 array, PIL image or path (see :func:`powersam.io.load_image`).
             conf: score threshold (default: the exported ``score_thr``); iou: NMS IoU (default ``nms_iou``);
-            max_det: detection cap (default ``max_det``); classes: keep only these class names.
+            max_det: detection cap (default ``max_det``); classes: keep only these class names; min_side: refuse
+            images with a side under this many pixels (None: 16, 0: no minimum).
         """
-        return detect_and_segment(self, image, conf, iou, max_det, classes)
+        return detect_and_segment(self, image, conf, iou, max_det, classes, min_side=min_side)
 
     __call__ = predict

@@ -16,7 +16,7 @@ import numpy as np
 from ..inference.prompts import PromptPipeline
 from ..inference.timing import StageTimer
 from .metadata import HIGH_RES_NAMES
-from .preprocess import preprocess_image, upsample_masks
+from .preprocess import _resize, preprocess_image, upsample_masks
 from .session import GraphSession
 
 __all__ = ["OnnxSamPredictor"]
@@ -128,6 +128,15 @@ class OnnxSamPredictor(PromptPipeline):
 
     def _num_outputs(self, multimask_output: Union[bool, int]) -> int:
         return len(self._select_tokens(multimask_output))
+
+    def input_logits(self, low_res: np.ndarray, input_size: Sequence[int]) -> np.ndarray:
+        """K×1×s×s logits → K×h×w float32 logits, the first of :func:`~powersam.runtime.preprocess.upsample_masks`'
+        two steps (to the padded S×S input, padding cropped; squashed SAM 2 input: the low-res logits themselves),
+        used by ``predict_compact``."""
+        stack = np.asarray(low_res, dtype=np.float32)[:, 0]
+        if self.resize_mode == "squash":
+            return stack
+        return _resize(stack, (self.img_size, self.img_size))[:, : int(input_size[0]), : int(input_size[1])]
 
     def _mask_input_size(self) -> int:
         return self._mask_size

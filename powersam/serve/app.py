@@ -38,6 +38,7 @@ from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
+from ..inference.detect import ImageTooSmall
 from ..inference.prompts import prompt_results
 from ..inference.timing import StageTimer
 from .cache import EmbeddingCache
@@ -86,6 +87,8 @@ class ModelService:
         try:
             result = self.model.predict(rgb, conf=params.conf, iou=params.iou, max_det=params.max_det,
                                         classes=params.classes)
+        except ImageTooSmall as err:
+            raise ApiError(422, "image_too_small", str(err), "image") from None
         except ValueError as err:
             raise ApiError(422, "invalid_parameter", str(err)) from None
         if params.format == "png":
@@ -168,12 +171,12 @@ class ModelService:
             batch["mask_input"] = mask
         with timer("decoder"):
             try:
-                masks, scores, low_res = predictor.predict_batch(**batch, multimask_output=False)
+                masks, scores, low_res = predictor.predict_compact(**batch, multimask_output=False)
             except ValueError as err:
                 raise ApiError(422, "invalid_prompt", str(err)) from None
-        with timer("postprocess"):
-            result = prompt_results(np.asarray(masks)[:, 0], np.asarray(scores)[:, 0], prompts.boxes,
-                                    prompts.points, predictor.original_size)
+        with timer("postprocess"):  # compact masks, encoded to COCO RLE one at a time: no N full planes
+            result = prompt_results(masks, np.asarray(scores)[:, 0], prompts.boxes, prompts.points,
+                                    predictor.original_size)
         return result, np.asarray(low_res, dtype=np.float32)
 
 

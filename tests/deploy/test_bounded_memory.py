@@ -2,7 +2,8 @@
 
 A 1600×2400 image with 16 detections held 16 full bool planes (61 MB) plus a 16-mask float32 chunk (246 MB) at
 once; now masks are upsampled one at a time, on the window where they can be set, into run lengths. Both backends,
-the Python API and the degenerate cases (1×1 image, 0 detections)."""
+the Python API and the degenerate cases (1×1 image, 0 detections). The prompted path (``Model.segment``) is bounded
+the same way: masks come back as run lengths, never N full-resolution planes."""
 from __future__ import annotations
 
 import json
@@ -16,8 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import powersam
 import powersam.runtime as rt
 from powersam.deploy.onnx_export import export_onnx
+from powersam.inference.detect import ImageTooSmall
 from powersam.masks import CompactMasks
 from test_onnx_export import detecting_powersam  # helpers of the export tests
 
@@ -96,10 +99,75 @@ def test_torch_predict_peak_rss_is_bounded():
 @pytest.mark.parametrize("backend", ["torch", "onnx"])
 def test_degenerate_images(model, onnx_model, backend):
     net = model if backend == "torch" else onnx_model
-    tiny = net.predict(np.full((1, 1, 3), 128, np.uint8), conf=0.0, max_det=5)
+    one_pixel = np.full((1, 1, 3), 128, np.uint8)
+    # by default refused, named, before any network runs: it gave confident detections with empty masks
+    for image, size in ((one_pixel, "1×1"), (big_image()[:15, :300], "300×15")):
+        with pytest.raises(ImageTooSmall, match=f"image is {size} pixels.*min_side=0"):
+            net.predict(image, conf=0.0, max_det=5)
+    tiny = net.predict(one_pixel, conf=0.0, max_det=5, min_side=0)  # asked for: run, and flag the empty masks
     assert len(tiny) == 5 and tiny.masks.shape == (5, 1, 1) and len(tiny.to_coco(1)) == 5
+    np.testing.assert_array_equal(tiny.empty_masks, tiny.mask_areas() == 0)
     none = net.predict(big_image()[:50, :70], max_det=0)
     assert len(none) == 0 and none.masks.shape == (0, 50, 70) and none.to_coco(1) == []
-    strip = net.predict(big_image()[:8, :300], conf=0.0, max_det=3)  # masks touch the image border
+    strip = net.predict(big_image()[:8, :300], conf=0.0, max_det=3, min_side=0)  # masks touch the image border
     assert strip.masks.shape == (3, 8, 300)
     np.testing.assert_array_equal(strip.compact_masks.to_dense(), strip.masks)
+
+
+# ------------------------------------------------------------------------------------------------ prompted
+@pytest.fixture(scope="module")
+def prompt_models(model, tmp_path_factory):
+    encoder, _ = export_onnx(model, tmp_path_factory.mktemp("pair"), interactive=True)
+    return {"torch": powersam.load(model), "onnx": powersam.load(encoder.parent, threads=1)}
+
+
+def traced_peak(call):
+    tracemalloc.start()
+    try:
+        out = call()
+        return out, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_segment_peak_memory_is_bounded(prompt_models, backend):
+    """Model.segment held N×H×W bool planes (predict_batch's array): 24 boxes on 1600×2400 are 92 MB at once. Now
+    the peak is one mask's crop plus the bounded upsampling strips, whatever the number of prompts."""
+    net, prompts = prompt_models[backend], 24
+    net.set_image(big_image())
+    rng = np.random.default_rng(1)
+    corners = rng.uniform([0, 0], [WIDTH - 400, HEIGHT - 400], size=(prompts, 2))
+    boxes = np.hstack([corners, corners + rng.uniform(100, 400, size=(prompts, 2))])
+    _, few = traced_peak(lambda: net.segment(boxes=boxes[:2]).to_coco(1))
+    (result, records), peak = traced_peak(lambda: (lambda r: (r, r.to_coco(1)))(net.segment(boxes=boxes)))
+    planes = prompts * HEIGHT * WIDTH
+    assert len(result) == len(records) == prompts and result.mask_areas().sum() > 0
+    assert "masks=compact" in repr(result)  # the held representation: run lengths, not planes
+    assert result.compact_masks.nbytes < planes / 20  # noisy random-weight masks: many runs
+    print(f"{backend}: segment peak traced {few / 2**20:.0f} MiB for 2 prompts, {peak / 2**20:.0f} MiB for {prompts}")
+    assert peak - few < 12 * 2**20, "peak memory grows with the number of prompts"  # planes: + 85 MB
+    assert peak < 64 * 2**20 < planes, f"peak traced memory {peak / 2**20:.0f} MiB"
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_compact_prompted_masks_match_the_planes(prompt_models, backend):
+    net = prompt_models[backend]
+    image = big_image()[:90, :140]
+    boxes = np.array([[10, 10, 60, 50], [20, 30, 139, 89], [0, 0, 140, 90]], dtype=np.float64)
+    points = np.array([[[30, 30], [100, 60]], [[50, 40], [5, 5]], [[70, 45], [120, 80]]], dtype=np.float64)
+    labels = np.array([[1, 0], [1, 1], [1, 0]])
+    net.set_image(image)
+    planes, scores, low_res = net.predictor.predict_batch(boxes=boxes, point_coords=points, point_labels=labels,
+                                                          multimask_output=True)
+    compact, scores_c, low_res_c = net.predictor.predict_compact(boxes=boxes, point_coords=points,
+                                                                 point_labels=labels, multimask_output=True)
+    np.testing.assert_array_equal(scores_c, scores)
+    np.testing.assert_array_equal(low_res_c, low_res)
+    dense = compact.to_dense().reshape(planes.shape)
+    # ONNX: the same NumPy resize, exactly; PyTorch: F.interpolate vs NumPy differ by float rounding at the threshold
+    differing = np.count_nonzero(dense != planes)
+    assert differing == 0 if backend == "onnx" else differing <= planes.size // 10_000
+    assert planes.any()
+    segmented = net.segment(boxes=boxes)  # Results: the planes are still there when asked for
+    assert segmented.masks.shape == (3, 90, 140) and segmented.masks.dtype == bool

@@ -148,9 +148,10 @@ def test_detect_rejects_bad_images(onnx_model, image):
         "Content-Type": "application/x-www-form-urlencoded"}).status_code == 200
     assert_error(client.post("/v1/detect", content=b"--x\r\nbroken", headers={
         "Content-Type": "multipart/form-data; boundary=x"}), 422, "missing_image")
-    # a 1×1 image, grayscale and RGBA images are fine
-    for odd in (noise(1, 1)[..., 0], np.dstack([image, np.full((90, 140), 255, np.uint8)])):
+    # grayscale and RGBA images are fine; a 1×1 image is below detection's 16-pixel minimum: refused, named
+    for odd in (image[..., 0], np.dstack([image, np.full((90, 140), 255, np.uint8)])):
         assert client.post("/v1/detect", content=encode(odd)).status_code == 200
+    assert_error(client.post("/v1/detect", content=encode(noise(1, 1))), 422, "image_too_small", "image", "1×1")
 
 
 def test_decompression_bomb_is_refused_before_decoding(onnx_model):

@@ -68,6 +68,7 @@ class _Run:
         self.counts: Counter = Counter()
         self.images_with: Counter = Counter()
         self.processed = 0
+        self.empty_masks = 0
         self.model_seconds = 0.0
         self.failures: list[dict] = []
         self.outputs: list[dict] = []
@@ -99,6 +100,7 @@ class _Run:
         self.counts.update(names)
         self.images_with.update(set(names))
         self.processed += 1
+        self.empty_masks += int(results.empty_masks.sum())
 
     def image(self, source: Source) -> None:
         image_id, self.next_image_id = self.next_image_id, self.next_image_id + 1
@@ -168,6 +170,7 @@ def _summary(run: _Run, seconds: float, mode: str, class_names: list[str], model
         "mode": mode,
         "images_processed": run.processed,
         "instances": sum(run.counts.values()),
+        "empty_masks": run.empty_masks,
         "counts": {name: run.counts.get(name, 0) for name in names},
         "images_with": {name: run.images_with.get(name, 0) for name in names},
         "categories": [{"id": i + 1, "name": name} for i, name in enumerate(names)],
@@ -201,6 +204,9 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"{summary['images_processed']} image(s) in {speed['seconds']:.2f} s: {speed['images_per_s']:.2f} "
             f"images/s, {speed['ms_per_image']:.1f} ms/image (model {speed['model_ms_per_image']:.1f} ms/image)"
         )
+    if summary.get("empty_masks"):
+        lines.append(f"warning: {summary['empty_masks']} of {summary['instances']} instance(s) have an empty mask (no "
+                     "pixel at the image's resolution); they are in results.json with an empty segmentation")
     if summary["failures"]:
         lines.append(f"{len(summary['failures'])} failure(s), listed in summary.json")
     return "\n".join(lines)

@@ -35,15 +35,18 @@ def predict_sources(
     max_frames: Optional[int] = None,
     progress: bool = True,
     model_label: Optional[str] = None,
+    min_side: Optional[int] = None,
 ) -> dict[str, Any]:
     """Run ``model`` (PyTorch or ONNX runtime) over ``sources`` and write the outputs described in the module doc.
 
     Returns the ``summary.json`` content. Image ids run from 1 in source order (one per image, one per processed
-    video frame); a failed image keeps its id, so ids do not depend on which files fail.
+    video frame); a failed image keeps its id, so ids do not depend on which files fail. ``min_side``: detection
+    refuses (lists as failed) images with a side under that many pixels (None: the model's default, 16).
     """
     from tqdm.auto import tqdm
 
-    segment, mode = make_segment_fn(model, boxes, points, point_labels, conf, iou, max_det, classes)
+    segment, mode = make_segment_fn(model, boxes, points, point_labels, conf, iou, max_det, classes,
+                                    min_side=min_side)
     out_dir = Path(out_dir)
     for source in sources:
         if overlay and source.kind == "image" and (out_dir / f"{source.stem}.png").resolve() == source.path.resolve():
@@ -71,7 +74,7 @@ def predict_sources(
                                dict(conf=conf, iou=iou, max_det=max_det, classes=list(classes) if classes else None,
                                     boxes=None if boxes is None else boxes.tolist(),
                                     points=None if points is None else points.tolist(), stride=stride,
-                                    max_frames=max_frames))
+                                    max_frames=max_frames, min_side=min_side))
             (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
 

@@ -114,9 +114,12 @@ def _segment_prompts(
     if points is not None:  # the same clicks in every prompt: N×K×2 and N×K
         prompts["point_coords"] = np.repeat(points[None], n, axis=0)
         prompts["point_labels"] = np.repeat(labels[None], n, axis=0)
-    masks, scores, _ = predictor.predict_batch(**prompts)
-    masks, scores = np.asarray(masks)[:, 0], np.asarray(scores)[:, 0]
-    return prompt_results(masks, scores, boxes, points, (height, width))
+    if callable(getattr(predictor, "predict_compact", None)):  # run lengths: no N full-resolution planes
+        masks, scores, _ = predictor.predict_compact(**prompts)
+    else:
+        masks, scores, _ = predictor.predict_batch(**prompts)
+        masks = np.asarray(masks)[:, 0]
+    return prompt_results(masks, np.asarray(scores)[:, 0], boxes, points, (height, width))
 
 
 def make_segment_fn(
@@ -128,13 +131,16 @@ def make_segment_fn(
     iou: Optional[float] = None,
     max_det: Optional[int] = None,
     classes: Optional[Sequence[str]] = None,
+    min_side: Optional[int] = None,
 ) -> tuple[SegmentFn, str]:
-    """``(segment(H×W×3 uint8 RGB) -> Results, mode)`` with mode ``"detect"`` or ``"prompt"`` (see the module doc)."""
+    """``(segment(H×W×3 uint8 RGB) -> Results, mode)`` with mode ``"detect"`` or ``"prompt"`` (see the module doc).
+    ``min_side`` goes to the detector's ``predict`` (None: its default)."""
     if (points is None) != (point_labels is None):
         raise ValueError("points and point_labels must be given together")
     if boxes is not None or points is not None:
-        if classes:
-            raise ValueError("--classes filters detections; it cannot be combined with --boxes/--points")
+        if classes or min_side is not None:
+            raise ValueError("--classes and --min-side apply to detection; they cannot be combined with "
+                             "--boxes/--points")
         if getattr(model, "can_segment", None) is True and callable(getattr(model, "segment", None)):
             # a powersam.Model or a server (powersam.client.Client): its own segment() takes the same prompts
             return partial(_segment_with, model, boxes, points, point_labels), "prompt"
@@ -146,7 +152,8 @@ def make_segment_fn(
         unknown = [c for c in classes if c not in model.class_names]
         if unknown:
             raise ValueError(f"unknown class name(s) {unknown}; this model knows {list(model.class_names)}")
-    return partial(_detect, model, conf, iou, max_det, list(classes) if classes else None), "detect"
+    options = {} if min_side is None else {"min_side": int(min_side)}
+    return partial(_detect, model, conf, iou, max_det, list(classes) if classes else None, options), "detect"
 
 
 def _segment_with(model: Any, boxes: Optional[np.ndarray], points: Optional[np.ndarray],
@@ -155,6 +162,6 @@ def _segment_with(model: Any, boxes: Optional[np.ndarray], points: Optional[np.n
 
 
 def _detect(model: Any, conf: Optional[float], iou: Optional[float], max_det: Optional[int],
-            classes: Optional[list[str]], rgb: np.ndarray) -> Results:
-    return model.predict(rgb, conf=conf, iou=iou, max_det=max_det, classes=classes)
+            classes: Optional[list[str]], options: dict, rgb: np.ndarray) -> Results:
+    return model.predict(rgb, conf=conf, iou=iou, max_det=max_det, classes=classes, **options)
 
