@@ -166,6 +166,8 @@ COCO_WARNINGS = {
     "annotation_without_bbox": (coco_edit(["annotations", 0, "bbox"], ...), "invalid_bbox"),
     "unknown_category": (coco_edit(["annotations", 0, "category_id"], 7), "unknown_category"),
     "missing_image_file": (coco_edit(["images", 0, "file_name"], "gone.png"), "missing_image_file"),
+    "width_as_text": (coco_edit(["images", 0, "width"], "60"), "invalid_image_size"),  # read as 60, warned
+    "height_true": (coco_edit(["images", 1, "height"], True), "invalid_image_size"),  # was used as 1 px
 }
 
 
@@ -272,6 +274,15 @@ def test_bad_coco_records_are_named_in_a_warning(corpus, name):
     with pytest.warns(UserWarning, match=COCO_WARNINGS[name][1]):
         dataset = CocoInstances(root / f"{name}.json", split=None, load_masks=True)
     assert len(dataset) >= 1  # the good image is still there
+
+
+@pytest.mark.parametrize("name", list(COCO_WARNINGS))
+def test_data_check_reports_what_loading_warns_about(corpus, name):
+    from powersam.data.check import check_dataset
+
+    root, _ = corpus
+    report = check_dataset(root / f"{name}.json", root / "images")
+    assert report.issue(COCO_WARNINGS[name][1]) is not None, [i.code for i in report.issues]
 
 
 def test_val_skips_bad_records_and_scores_the_rest(corpus):

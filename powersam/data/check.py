@@ -6,8 +6,9 @@ is a record the loader would skip (or stretch, for a size mismatch). Severities:
 
 * ``error`` — data is lost or wrong: missing/unreadable images, size mismatches, bad or outside boxes,
   degenerate polygons, unknown categories / image ids, duplicate ids, RLE size mismatches;
-* ``warning`` — usable but suspicious: zero-area boxes, boxes partly outside the image, dropped polygon
-  parts, empty masks, a bbox that does not match its mask (e.g. xyxy stored as xywh), images without annotations;
+* ``warning`` — usable but suspicious: image sizes that are not integers (``"640"``), zero-area boxes, boxes
+  partly outside the image, dropped polygon parts, empty masks, a bbox that does not match its mask (e.g. xyxy
+  stored as xywh), images without annotations;
 * ``info`` — facts: boxes-only dataset, crowd regions, categories without instances.
 
 Each issue lists the offending ids (image ids or annotation ids, as its message says).
@@ -24,6 +25,7 @@ from .coco import (
     annotations_are_boxes_only,
     category_labels,
     image_file_size,
+    image_record_size,
     inspect_annotation,
     load_coco_json,
     resolve_annotation_file,
@@ -40,6 +42,8 @@ _CODES: dict[str, tuple[str, str, str]] = {
     "missing_image_file": ("error", "image", "image files that do not exist"),
     "unreadable_image": ("error", "image", "image files that cannot be read"),
     "missing_image_size": ("warning", "image", "image records without width/height (taken from the file)"),
+    "invalid_image_size": ("warning", "image", "image records whose width/height is not a positive integer (numeric "
+                           "text read as the number, anything else replaced by the file's size)"),
     "image_size_mismatch": ("error", "image", "images whose real size differs from the JSON width/height"),
     "exif_rotated": ("warning", "image", "images whose JSON size matches the stored pixels but whose EXIF "
                      "orientation rotates them: annotations are used on the un-rotated pixels"),
@@ -185,10 +189,11 @@ def check_dataset(
     sizes: dict[int, tuple[int, int]] = {}
     for image_id, img in images.items():
         file_path = folder / img["file_name"]
-        json_size = (img.get("height"), img.get("width"))
-        if not all(isinstance(v, int) and v > 0 for v in json_size):
+        json_size, note = image_record_size(img)
+        if note:
+            found.add("invalid_image_size", image_id, note)
+        elif json_size is None:
             found.add("missing_image_size", image_id)
-            json_size = None
         if not file_path.is_file():
             found.add("missing_image_file", image_id, str(file_path))
         else:

@@ -38,6 +38,7 @@ from .coco_annotations import (  # re-exported: importers use them from here
     category_labels,
     decode_rle_masks,
     image_file_size,
+    image_record_size,
     inspect_annotation,
     load_coco_json,
     resolve_annotation_file,
@@ -54,6 +55,7 @@ __all__ = [
     "category_labels",
     "decode_rle_masks",
     "image_file_size",
+    "image_record_size",
     "inspect_annotation",
     "load_coco_json",
     "resolve_annotation_file",
@@ -173,6 +175,7 @@ class CocoInstances:
             selected = split_image_ids(list(records), split, val_fraction, seed)
 
         entries: dict[int, _ImageEntry] = {}
+        size_notes: list[str] = []
         for image_id, img in records.items():
             if image_id not in selected:
                 continue
@@ -180,14 +183,22 @@ class CocoInstances:
             if not file_path.is_file():
                 self._skip("missing_image_file", image_id)
                 continue
-            height, width = img.get("height"), img.get("width")
-            if not (isinstance(height, int) and isinstance(width, int) and height > 0 and width > 0):
+            size, note = image_record_size(img)
+            if note:  # "640" read as 640, or no usable size at all
+                self.notes.setdefault("invalid_image_size", []).append(image_id)
+                size_notes.append(f"image {image_id}: {note}")
+            if size is None:
                 sizes = image_file_size(file_path)  # tolerate records without width/height
                 if sizes is None:
                     self._skip("unreadable_image", image_id)
                     continue
-                height, width = sizes[0]
-            entries[image_id] = _ImageEntry(image_id, img["file_name"], file_path, height, width, [], [])
+                size = sizes[0]
+            entries[image_id] = _ImageEntry(image_id, img["file_name"], file_path, *size, [], [])
+        if size_notes:
+            more = f"; … (+{len(size_notes) - 3} more)" if len(size_notes) > 3 else ""
+            warnings.warn(f"{json_path}: invalid_image_size: {len(size_notes)} image record(s) whose width/height is "
+                          f"not a positive integer: {'; '.join(size_notes[:3])}{more} (run `powersam data check` "
+                          "for details)", stacklevel=2)
 
         seen_ann_ids: set = set()
         for index, ann in enumerate(data.get("annotations", [])):

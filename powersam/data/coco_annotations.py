@@ -42,6 +42,41 @@ def _number_list(value: Any) -> Optional[list[float]]:
     return [float(v) for v in value]
 
 
+def _size_field(img: dict, key: str) -> tuple[Optional[int], str]:
+    """One of ``width`` / ``height`` of an image record → (value or None, what was wrong: '' when nothing)."""
+    value = img.get(key)
+    if value is None:
+        return None, ""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value, ""
+    number: Optional[float] = None
+    if isinstance(value, (float, str)):
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+    if number is not None and math.isfinite(number) and number > 0 and number == int(number):
+        kind = "the text" if isinstance(value, str) else "the float"
+        return int(number), f"{key!r} is {kind} {value!r}, read as {int(number)}"
+    return None, f"{key!r} is {value!r} ({type(value).__name__}), not a positive integer: the image file's size is used"
+
+
+def image_record_size(img: dict) -> tuple[Optional[tuple[int, int]], str]:
+    """``(height, width)`` of a COCO image record and what was wrong with its fields ('' when nothing).
+
+    Positive integers are used as they are. Numeric text (``"640"``) and integral floats (``640.0``) are read as the
+    integer they name, with a note. Anything else (``true``, ``0``, ``-5``, ``640.5``, ``"abc"``) is not a size: None,
+    with a note naming the field, and the size comes from the image file. Both fields absent: None without a note
+    (COCO tools leave them out; the file has the size); one absent: None too.
+    """
+    height, height_note = _size_field(img, "height")
+    width, width_note = _size_field(img, "width")
+    note = "; ".join(n for n in (height_note, width_note) if n)
+    if height is None or width is None:
+        return None, note
+    return (height, width), note
+
+
 def _segmentation_to_rle(segm: Any, height: int, width: int, check: AnnotationCheck) -> None:
     """Fill ``check.rle`` from a polygon list or an RLE dict, or set ``check.reason``."""
     if isinstance(segm, list):

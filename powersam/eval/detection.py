@@ -165,18 +165,16 @@ def _crowd_regions(dataset: Any, image_ids: set[int], with_masks: bool) -> dict[
     path = getattr(dataset, "annotation_file", None)
     if path is None or not hasattr(dataset, "cat_id_to_label"):
         return {}
-    from powersam.data.coco import inspect_annotation, load_coco_json
+    from powersam.data.coco import image_record_size, inspect_annotation, load_coco_json
 
     data = load_coco_json(path)
-    sizes = {img["id"]: (img.get("height"), img.get("width")) for img in data["images"]
+    sizes = {img["id"]: image_record_size(img)[0] for img in data["images"]
              if isinstance(img, dict) and img.get("id") in image_ids}
     out: dict[int, list[dict]] = {}
     for ann in data.get("annotations", []):
-        if not isinstance(ann, dict) or not ann.get("iscrowd") or ann.get("image_id") not in sizes:
+        if not isinstance(ann, dict) or not ann.get("iscrowd") or sizes.get(ann.get("image_id")) is None:
             continue
         height, width = sizes[ann["image_id"]]
-        if not isinstance(height, int) or not isinstance(width, int):
-            continue
         check = inspect_annotation(ann, height, width, dataset.cat_id_to_label, with_masks)
         if check.reason is not None:
             continue

@@ -166,6 +166,37 @@ def test_not_a_coco_file(tmp_path: Path) -> None:
         check_dataset(tmp_path)
 
 
+@pytest.mark.parametrize("height, width, size, says", [
+    (H, W, (H, W), ""),
+    (None, None, None, ""),  # absent: the file's size, as COCO tools allow
+    ("30", 40.0, (H, W), "'height' is the text '30', read as 30; 'width' is the float 40.0, read as 40"),
+    (True, W, None, "'height' is True (bool), not a positive integer"),
+    (H, "forty", None, "'width' is 'forty' (str)"),
+    (H, 40.5, None, "'width' is 40.5 (float)"),
+    (0, W, None, "'height' is 0 (int)"),
+])
+def test_image_record_size_reads_numbers_and_names_the_rest(height, width, size, says) -> None:
+    from powersam.data.coco_annotations import image_record_size
+
+    got, note = image_record_size({"id": 1, "height": height, "width": width})
+    assert got == size and says in note and bool(note) == bool(says)
+
+
+def test_a_size_given_as_text_is_used_not_ignored(tmp_path: Path) -> None:
+    # "80" (twice the file's width) used to be dropped silently for the file's size; now it is read, so the
+    # aspect-ratio mismatch is found and named instead of training on a record that disagrees with its image
+    root = _clean(tmp_path / "text")
+    data = json.loads((root / "annotations.json").read_text())
+    data["images"][0]["width"] = str(2 * W)
+    (root / "annotations.json").write_text(json.dumps(data))
+    report = check_dataset(root)
+    assert report.issue("invalid_image_size").ids == [1] and report.issue("image_size_mismatch").ids == [1]
+    with pytest.warns(UserWarning, match="image 1: 'width' is the text '80', read as 80"):
+        ds = CocoInstances(root)
+    with pytest.raises(ValueError, match="fix the 'width'/'height' fields of image id 1"):
+        ds[ds.image_ids.index(1)]
+
+
 @pytest.mark.data
 def test_real_datasets(shared_data: Path) -> None:
     grid = shared_data / "distribution_grid_insulators"

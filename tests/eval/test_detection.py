@@ -179,6 +179,14 @@ def test_crowd_regions_ignore_detections(tmp_path):
     with_crowd = evaluate_detection(FakeDetector(dataset, dataset.class_names, extra=extra), dataset, progress=False)
     assert with_crowd["bbox"]["AP"] == pytest.approx(1.0) and with_crowd["segm"]["AP"] == pytest.approx(1.0)
 
+    image = next(img for img in data["images"] if img["id"] == 1)
+    image["width"], image["height"] = str(image["width"]), str(image["height"])  # crowd regions were dropped
+    (root / "annotations.json").write_text(json.dumps(data))
+    with pytest.warns(UserWarning, match="invalid_image_size"):
+        dataset = CocoInstances(root)
+    text_size = evaluate_detection(FakeDetector(dataset, dataset.class_names, extra=extra), dataset, progress=False)
+    assert text_size["bbox"]["AP"] == pytest.approx(1.0)
+
     data["annotations"].pop()  # the same detection without the crowd region is a false positive
     (root / "annotations.json").write_text(json.dumps(data))
     dataset = CocoInstances(root)
