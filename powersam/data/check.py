@@ -6,9 +6,9 @@ is a record the loader would skip (or stretch, for a size mismatch). Severities:
 
 * ``error`` — data is lost or wrong: missing/unreadable images, size mismatches, bad or outside boxes,
   degenerate polygons, unknown categories / image ids, duplicate ids, RLE size mismatches;
-* ``warning`` — usable but suspicious: image sizes that are not integers (``"640"``), zero-area boxes, boxes
-  partly outside the image, dropped polygon parts, empty masks, a bbox that does not match its mask (e.g. xyxy
-  stored as xywh), images without annotations;
+* ``warning`` — usable but suspicious: image sizes that are not integers (``"640"``), non-integer annotation
+  ids, zero-area boxes, boxes partly outside the image, dropped polygon parts, empty masks, a bbox that does
+  not match its mask (e.g. xyxy stored as xywh), images without annotations;
 * ``info`` — facts: boxes-only dataset, crowd regions, categories without instances.
 
 Each issue lists the offending ids (image ids or annotation ids, as its message says).
@@ -53,6 +53,7 @@ _CODES: dict[str, tuple[str, str, str]] = {
     "empty_category": ("info", "category", "categories without instances"),
     "duplicate_annotation_id": ("error", "annotation", "annotation ids used more than once"),
     "missing_annotation_id": ("warning", "annotation", "annotations without an id (listed by position)"),
+    "invalid_annotation_id": ("warning", "annotation", "annotations whose id is not an integer (listed by position)"),
     "unknown_image_id": ("error", "annotation", "annotations whose image_id is not an image"),
     "unknown_category": ("error", "annotation", "annotations whose category_id is not a category"),
     "invalid_bbox": ("error", "annotation", "annotations without a valid [x, y, w, h] bbox (missing, non-finite, negative)"),
@@ -220,6 +221,9 @@ def check_dataset(
         if ann_id is None:
             ann_id = f"#{index}"
             found.add("missing_annotation_id", ann_id)
+        elif not isinstance(ann_id, int) or isinstance(ann_id, bool):  # a list id used to crash the check
+            found.add("invalid_annotation_id", f"#{index}", f"id {ann_id!r} ({type(ann_id).__name__})")
+            ann_id = f"#{index}"
         elif ann_id in ann_ids:
             found.add("duplicate_annotation_id", ann_id)
         ann_ids.add(ann_id)

@@ -197,6 +197,16 @@ def test_a_size_given_as_text_is_used_not_ignored(tmp_path: Path) -> None:
         ds[ds.image_ids.index(1)]
 
 
+def test_annotation_ids_that_are_not_integers_are_reported(tmp_path: Path) -> None:
+    root = _clean(tmp_path / "ids")
+    data = json.loads((root / "annotations.json").read_text())
+    data["annotations"][1]["id"], data["annotations"][2]["id"] = [2], 1  # a list used to crash the check
+    (root / "annotations.json").write_text(json.dumps(data))
+    report = check_dataset(root)
+    assert report.issue("invalid_annotation_id").ids == ["#1"] and report.issue("duplicate_annotation_id").ids == [1]
+    assert "invalid_annotation_id (1)" in format_report(report) and _run([str(root)]) == 1
+
+
 @pytest.mark.data
 def test_real_datasets(shared_data: Path) -> None:
     grid = shared_data / "distribution_grid_insulators"
