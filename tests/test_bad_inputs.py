@@ -187,6 +187,12 @@ def corpus(tmp_path_factory):
         edit(data)
         (root / f"{name}.json").write_text(json.dumps(data))
     (root / "no_annotations.json").write_text(json.dumps({**GOOD_COCO, "annotations": []}))
+    Image.fromarray(noise(8, 12, seed=3)).save(root / "images" / "3.png")  # under predict's min_side of 16 px
+    tiny = json.loads(json.dumps(GOOD_COCO))
+    tiny["images"].append({"id": 3, "file_name": "3.png", "width": 12, "height": 8})
+    tiny["annotations"].append({**tiny["annotations"][0], "id": 3, "image_id": 3, "bbox": [2, 2, 6, 4],
+                                "segmentation": [[2, 2, 8, 2, 5, 6]]})
+    (root / "tiny_image.json").write_text(json.dumps(tiny))
     torch.manual_seed(0)
     module = build_model("powersam_s", img_size=64, class_names=CLASSES)
     save_checkpoint(root / "model.pt", module.state_dict(), "powersam_s", model_config={"img_size": 64},
@@ -290,6 +296,20 @@ def test_val_skips_bad_records_and_scores_the_rest(corpus):
     with pytest.warns(UserWarning, match="invalid_bbox"):
         scores = model.val(root / "bbox_with_negative_size.json", split=None, prompts=("box",), refine_iters=0)
     assert scores["miou"]["num_instances"] == 1
+
+
+def test_evaluation_scores_images_that_predict_refuses(corpus, capsys):
+    # predict refuses images under 16 px (ImageTooSmall); an evaluation scores every image the dataset holds
+    root, model = corpus
+    scores = model.val(root / "tiny_image.json", split=None, prompts=("box",), refine_iters=0)
+    assert scores["det"]["failed_images"] == [] and scores["det"]["num_images"] == 3
+    assert scores["miou"]["num_images"] == 3
+    argv = ["eval", "det", "--checkpoint", root / "model.pt", "--data", root / "tiny_image.json", "--no-progress"]
+    assert cli_main([str(a) for a in argv]) == 0
+    assert "over 3 images" in capsys.readouterr().out
+    assert cli_main([str(a) for a in [*argv, "--min-side", "16"]]) == 1  # asked for: refused and reported
+    out, err = capsys.readouterr()
+    assert "3: ImageTooSmall: the image is 12×8 pixels" in out and "1 image(s) failed" in err
 
 
 def cli(argv, capsys):

@@ -72,6 +72,9 @@ def add_det_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     parser.add_argument("--conf", type=float, default=0.001, help="score threshold (default 0.001, as for COCO AP)")
     parser.add_argument("--iou", type=float, default=0.65, help="NMS IoU threshold (default 0.65)")
     parser.add_argument("--max-det", type=int, default=100, help="detections kept per image (default 100)")
+    parser.add_argument("--min-side", type=int, default=0, metavar="PX",
+                        help="detect only on images at least PX pixels on each side, others fail as in 'predict' "
+                             "(default 0: score every image the dataset holds; 'predict' refuses images under 16 px)")
     parser.add_argument("--verbose-coco", action="store_true", help="print pycocotools' own summaries")
     return parser
 
@@ -327,7 +330,7 @@ def run_det(args: argparse.Namespace) -> int:
             model = _build(args, **extra)
         result = evaluate_detection(
             model, dataset, max_images=args.max_images, conf=args.conf, iou=args.iou, max_det=args.max_det,
-            progress=not args.no_progress, verbose=args.verbose_coco,
+            progress=not args.no_progress, verbose=args.verbose_coco, min_side=args.min_side,
         )
         return _finish(args, result, format_detection_report(result), model, "num_annotations")
     except (ValueError, TypeError, FileNotFoundError, RuntimeError, OSError) as err:

@@ -4,10 +4,15 @@ Each image is run through ``model.predict`` with a low score threshold, the resu
 :meth:`Results.to_coco` and scored by ``pycocotools``' ``COCOeval`` for ``bbox`` and, when the dataset has masks,
 ``segm``. The ground truth handed to COCOeval is built from the very samples the model saw (same images, same
 pixel size), and the evaluation is restricted to those image ids.
+
+An evaluation scores what the dataset holds: images of any size are detected on (``min_side=0``), where
+``predict`` on its own refuses images under 16 px (``ImageTooSmall``); a dataset image refused would drop its
+ground truth from the score.
 """
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 from typing import Any, Optional, Sequence
 
@@ -189,6 +194,22 @@ def _crowd_regions(dataset: Any, image_ids: set[int], with_masks: bool) -> dict[
     return out
 
 
+def _min_side_option(model: Any, min_side: int) -> dict[str, int]:
+    """``{"min_side": min_side}`` when ``model.predict`` takes it (PowerSAM models and exports), ``{}`` for a predict
+    without it (such a detector refuses no size); ValueError when a minimum is asked of one that cannot honour it."""
+    if not isinstance(min_side, (int, np.integer)) or isinstance(min_side, bool) or min_side < 0:
+        raise ValueError(f"min_side must be an int >= 0 (0: score every image); got {min_side!r}")
+    try:
+        params = inspect.signature(model.predict).parameters.values()
+    except (TypeError, ValueError):  # no introspectable signature: pass it as asked
+        return {"min_side": int(min_side)}
+    if any(p.name == "min_side" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return {"min_side": int(min_side)}
+    if min_side:
+        raise ValueError(f"min_side={min_side}: {type(model).__name__}.predict() has no min_side parameter")
+    return {}
+
+
 def evaluate_detection(
     model: Any,
     dataset: Any,
@@ -198,6 +219,7 @@ def evaluate_detection(
     max_det: int = 100,
     progress: bool = True,
     verbose: bool = False,
+    min_side: int = 0,
 ) -> dict[str, Any]:
     """COCO box and mask AP of a detect-and-segment model (anything with ``predict(image, conf, iou, max_det)``
     returning :class:`~powersam.results.Results`, and ``class_names``) on a :class:`CocoInstances` dataset.
@@ -207,6 +229,8 @@ def evaluate_detection(
         when the dataset has masks), "per_class": {name: {"bbox_AP", "bbox_AP50", "bbox_AP75", "segm_AP", …}},
         "num_images", "num_detections", "failed_images": [{"image_id", "error"}]}``. AP values lie in 0–1;
         None means no ground truth in that range. An image that raises is reported and left out of the GT.
+        ``min_side`` goes to ``predict``: 0 (default) detects on images of every size, as the dataset holds them;
+        N > 0 makes images with a side under N pixels fail (reported in ``failed_images``) as ``predict`` would.
     """
     from tqdm.auto import tqdm
 
@@ -214,6 +238,7 @@ def evaluate_detection(
         raise TypeError(f"{type(model).__name__} cannot detect: AP needs an integrated or decoupled model with predict()")
     if max_images is not None and (not isinstance(max_images, (int, np.integer)) or max_images < 1):
         raise ValueError(f"max_images must be None or a positive int; got {max_images!r}")
+    options = _min_side_option(model, min_side)
     category_ids = _category_mapping(model.class_names, dataset)
     with_masks = bool(getattr(dataset, "has_masks", True) and getattr(dataset, "load_masks", True))
     num_images = len(dataset) if max_images is None else min(len(dataset), int(max_images))
@@ -223,7 +248,7 @@ def evaluate_detection(
         for index in tqdm(range(num_images), desc="detection AP", unit="img", disable=not progress, leave=False):
             try:
                 sample = load_sample(dataset, index)
-                results = model.predict(sample.image, conf=conf, iou=iou, max_det=max_det)
+                results = model.predict(sample.image, conf=conf, iou=iou, max_det=max_det, **options)
                 records = results.to_coco(sample.image_id, category_ids)
             except Exception as err:  # one bad image must not end a long evaluation
                 failed.append({"image_id": image_id_of(dataset, index), "error": f"{type(err).__name__}: {err}"})

@@ -164,6 +164,10 @@ def test_evaluate_detection_with_fake_detectors(synth_root, capsys):
         evaluate_detection(FakeDetector(dataset, dataset.class_names[:-1]), dataset, progress=False)
     with pytest.raises(TypeError, match="predict"):
         evaluate_detection(object(), dataset, progress=False)
+    with pytest.raises(ValueError, match=r"min_side=16: FakeDetector.predict\(\) has no min_side"):
+        evaluate_detection(FakeDetector(dataset, dataset.class_names), dataset, progress=False, min_side=16)
+    with pytest.raises(ValueError, match="min_side must be an int >= 0"):
+        evaluate_detection(FakeDetector(dataset, dataset.class_names), dataset, progress=False, min_side=-1)
 
 
 def test_crowd_regions_ignore_detections(tmp_path):
