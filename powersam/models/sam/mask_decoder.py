@@ -210,9 +210,12 @@ class MaskDecoder(nn.Module):
         return masks, iou_pred
 
     def _upscaling_is_sams(self) -> bool:
-        """True when ``output_upscaling`` is SAM's: ConvT 2×2/s2, LayerNorm2d, act, ConvT 2×2/s2, act."""
+        """True when ``output_upscaling`` is SAM's: ConvT 2×2/s2, LayerNorm2d, act, ConvT 2×2/s2, act, and no forward
+        hook watches its modules (MAC counters, feature probes: they see the modules called as before)."""
         up = self.output_upscaling
-        return (len(up) == 5 and isinstance(up[1], LayerNorm2d)
+        hooked = any(m._forward_hooks or m._forward_pre_hooks for m in up.modules())
+        hooked = hooked or bool(nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks)
+        return (not hooked and len(up) == 5 and isinstance(up[1], LayerNorm2d)
                 and all(isinstance(m, nn.ConvTranspose2d) and m.kernel_size == (2, 2) and m.stride == (2, 2)
                         and m.padding == (0, 0) and m.groups == 1 and m.dilation == (1, 1) for m in (up[0], up[3])))
 
