@@ -52,8 +52,10 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--boxes", type=_boxes, default=5, metavar="K|detected",
                         help="boxes decoded per frame: K fixed synthetic boxes (default 5; random weights detect "
                              "nothing) or 'detected' (the detector's boxes; needs trained weights)")
-    parser.add_argument("--repeats", type=int, default=20, help="timed frames per pipeline (default 20)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed frames per pipeline first (default 3)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed frames per pipeline (default 20; --compare-reference: 7, --quick: 2)")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="untimed frames per pipeline first (default 3; --compare-reference: 2, --quick: 1)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     parser.add_argument("--det-size", type=int, default=640, help="decoupled models' detector input (default 640)")
     parser.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH",
@@ -68,7 +70,32 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--no-complexity", action="store_true", help="skip the params/GMACs count")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic image (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    compare = parser.add_argument_group(
+        "segmentation paths vs the reference flow (--compare-reference)",
+        "PowerSAM-S with K box prompts on one image, masks at full resolution: SAM's predictor flow in eager PyTorch "
+        "(re-stated from the paper, official RepViT), powersam.SamPredictor, the ONNX Runtime pair FP32 and INT8, "
+        "and a dense-matmul roofline, round-robin in one process; writes OUT/reference.json and OUT/reference.md "
+        "(--models, --runtime, --checkpoint and --miou-json do not apply)")
+    compare.add_argument("--compare-reference", action="store_true", help="run this comparison instead")
+    compare.add_argument("--quick", action="store_true",
+                         help="few repeats and calibration scenes (a check that it runs; under 2 min on 2 cores)")
+    compare.add_argument("--image", type=Path, default=None,
+                         help="a photo, resized to --frame (default: the synthetic image)")
+    compare.add_argument("--num-calib", type=int, default=None,
+                         help="synthetic calibration scenes of the INT8 encoder (default 8; --quick: 2)")
+    compare.add_argument("--probe-size", type=int, default=1024, help="n of the n x n matmul probe (default 1024)")
     return parser
+
+
+def _defaults(args: argparse.Namespace) -> None:
+    """Fill the run-length options left unset: plain bench, comparison, or its quick form."""
+    quick = args.compare_reference and args.quick
+    if args.repeats is None:
+        args.repeats = 2 if quick else 7 if args.compare_reference else 20
+    if args.warmup is None:
+        args.warmup = 1 if quick else 2 if args.compare_reference else 3
+    if args.num_calib is None:
+        args.num_calib = 2 if quick else 8
 
 
 def _settings(args: argparse.Namespace) -> Any:
@@ -96,10 +123,49 @@ def _settings(args: argparse.Namespace) -> Any:
                          work_dir=args.out / "graphs", seed=args.seed)
 
 
+def run_compare(args: argparse.Namespace) -> int:
+    """``powersam bench --compare-reference``: OUT/reference.json and OUT/reference.md (see powersam.bench.compare)."""
+    import json
+    import shlex
+
+    from ..bench.compare import CompareSettings, compare_markdown, compare_reference
+
+    if args.device != "cpu":
+        print("error: --compare-reference runs on the CPU only", file=sys.stderr)
+        return 1
+    command = "powersam " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["bench"] else ""
+    try:
+        if args.image is not None and not args.image.is_file():
+            raise FileNotFoundError(f"--image {args.image} does not exist")
+        settings = CompareSettings(img_size=args.size, frame=args.frame, boxes=int(args.boxes), threads=args.threads,
+                                   repeats=args.repeats, warmup=args.warmup, image=args.image,
+                                   num_calib=args.num_calib, probe_size=args.probe_size, seed=args.seed,
+                                   work_dir=args.out / "graphs")
+        payload = compare_reference(settings)
+    except (ValueError, TypeError, FileNotFoundError, RuntimeError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    payload["command"] = command
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "reference.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    markdown = compare_markdown(payload, command)
+    (args.out / "reference.md").write_text("# PowerSAM segmentation paths vs the reference flow\n\n" + markdown,
+                                           encoding="utf-8")
+    print(markdown)
+    print(f"wrote {args.out / 'reference.json'}, {args.out / 'reference.md'}")
+    return 0
+
+
 def run_bench(args: argparse.Namespace) -> int:
     """``powersam bench``: exit 0 after writing the outputs, 1 with a one-line message on a reported failure."""
     from ..bench.suite import benchmark, load_miou_results, split_names, write_bench_outputs
 
+    _defaults(args)
+    if args.compare_reference:
+        if args.boxes == "detected":
+            print("error: --compare-reference decodes K given boxes, not 'detected'", file=sys.stderr)
+            return 1
+        return run_compare(args)
     try:
         settings = _settings(args)
         miou = load_miou_results(args.miou_json)

@@ -183,23 +183,64 @@ class MaskDecoder(nn.Module):
         output_tokens = output_tokens.unsqueeze(0).expand(num_prompts, -1, -1)
         tokens = torch.cat((output_tokens, sparse_prompt_embeddings), dim=1)
 
-        # One image embedding per prompt; a batch of 1 is broadcast (a view, no copy).
-        src = image_embeddings.expand(num_prompts, -1, -1, -1) + dense_prompt_embeddings
-        pos_src = image_pe.expand(num_prompts, -1, -1, -1)
-        batch, channels, height, width = src.shape
+        # The image side stays one 1×C×h×w tensor while it is the same for every prompt (a shared embedding and
+        # the no-mask dense embedding, which the prompt encoder returns as a stride-0 view): the transformer then
+        # computes what depends on it alone once, not once per prompt (see TwoWayTransformer.forward).
+        if dense_prompt_embeddings.shape[0] > 1 and dense_prompt_embeddings.stride(0) == 0:
+            dense_prompt_embeddings = dense_prompt_embeddings[:1]
+        src = image_embeddings + dense_prompt_embeddings
+        _, channels, height, width = src.shape
 
-        hs, src = self.transformer(src, pos_src, tokens)
+        hs, src = self.transformer(src, image_pe, tokens)
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
-
-        src = src.transpose(1, 2).reshape(batch, channels, height, width)
-        upscaled = self.output_upscaling(src)  # B×C/8×4h×4w
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )  # B×num_mask_tokens×C/8
-        batch, up_channels, up_height, up_width = upscaled.shape
-        masks = (hyper_in @ upscaled.reshape(batch, up_channels, up_height * up_width)).reshape(
-            batch, self.num_mask_tokens, up_height, up_width
-        )
+        if self._upscaling_is_sams():
+            masks = self._masks_channels_last(src, hyper_in, height, width)
+        else:
+            src = src.transpose(1, 2).reshape(num_prompts, channels, height, width)
+            upscaled = self.output_upscaling(src)  # B×C/8×4h×4w
+            batch, up_channels, up_height, up_width = upscaled.shape
+            masks = (hyper_in @ upscaled.reshape(batch, up_channels, up_height * up_width)).reshape(
+                batch, self.num_mask_tokens, up_height, up_width
+            )
         iou_pred = self.iou_prediction_head(iou_token_out)
         return masks, iou_pred
+
+    def _upscaling_is_sams(self) -> bool:
+        """True when ``output_upscaling`` is SAM's: ConvT 2×2/s2, LayerNorm2d, act, ConvT 2×2/s2, act, and no forward
+        hook watches its modules (MAC counters, feature probes: they see the modules called as before)."""
+        up = self.output_upscaling
+        hooked = any(m._forward_hooks or m._forward_pre_hooks for m in up.modules())
+        hooked = hooked or bool(nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks)
+        return (not hooked and len(up) == 5 and isinstance(up[1], LayerNorm2d)
+                and all(isinstance(m, nn.ConvTranspose2d) and m.kernel_size == (2, 2) and m.stride == (2, 2)
+                        and m.padding == (0, 0) and m.groups == 1 and m.dilation == (1, 1) for m in (up[0], up[3])))
+
+    def _masks_channels_last(self, src: torch.Tensor, hyper_in: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """SAM's upscaling and mask product on image tokens B×hw×C → B×T×4h×4w, in token-major layout.
+
+        A 2×2 stride-2 transposed convolution writes each input pixel's 2×2 output block on its own (no overlap),
+        so it is a matmul C → 4·C' per pixel; the channel LayerNorm, the activations and the product with the
+        hypernetwork outputs are per pixel too. So everything runs on rows of channels and only the T masks are
+        rearranged into the 4h×4w grid at the end (the result equals the NCHW modules' up to float rounding).
+        """
+        up1, norm, act1, up2, act2 = self.output_upscaling
+        batch = src.shape[0]
+
+        def conv_t(x: torch.Tensor, conv: nn.ConvTranspose2d) -> torch.Tensor:
+            # weight Cin×Cout×2×2 → Cin×(2·2·Cout): output rows ordered (di, dj, channel)
+            weight = conv.weight.permute(0, 2, 3, 1).reshape(conv.in_channels, 4 * conv.out_channels)
+            out = (x @ weight).unflatten(-1, (4, conv.out_channels))
+            return out + conv.bias if conv.bias is not None else out
+
+        x = conv_t(src, up1)  # B×hw×4×C1, blocks (a, b)
+        x = act1(F.layer_norm(x, (x.shape[-1],), norm.weight, norm.bias, norm.eps))
+        x = act2(conv_t(x, up2))  # B×hw×4×4×C2, blocks (a, b) then (c, d)
+        tokens = hyper_in.shape[1]
+        masks = x.reshape(batch, 16 * height * width, x.shape[-1]) @ hyper_in.transpose(1, 2)  # B×(hw·4·4)×T
+        # row 4i + 2a + c, column 4j + 2b + d
+        masks = masks.reshape(batch, height, width, 2, 2, 2, 2, tokens).permute(0, 7, 1, 3, 5, 2, 4, 6)
+        return masks.reshape(batch, tokens, 4 * height, 4 * width)

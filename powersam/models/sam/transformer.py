@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..common import MLPBlock
@@ -33,6 +34,7 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(embedding_dim, self.internal_dim)
         self.v_proj = nn.Linear(embedding_dim, self.internal_dim)
         self.out_proj = nn.Linear(self.internal_dim, embedding_dim)
+        self.fused = True  # softmax(q·kᵀ/√c)·v as one fused kernel; False: the three explicit ops
 
     def _split_heads(self, x: Tensor) -> Tensor:
         """B×N×C → B×heads×N×(C/heads)."""
@@ -50,9 +52,13 @@ class Attention(nn.Module):
         q = self._split_heads(self.q_proj(q))
         k = self._split_heads(self.k_proj(k))
         v = self._split_heads(self.v_proj(v))
+        out = F.scaled_dot_product_attention(q, k, v) if self.fused else self._attend(q, k, v)
+        return self.out_proj(self._merge_heads(out))
+
+    @staticmethod
+    def _attend(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         attn = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
-        attn = torch.softmax(attn, dim=-1)
-        return self.out_proj(self._merge_heads(attn @ v))
+        return torch.softmax(attn, dim=-1) @ v
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -148,14 +154,17 @@ class TwoWayTransformer(nn.Module):
     def forward(self, image_embedding: Tensor, image_pe: Tensor, point_embedding: Tensor) -> tuple[Tensor, Tensor]:
         """
         Args:
-            image_embedding: B×C×h×w.
-            image_pe: B×C×h×w positional encoding of the image (the same for every item is fine).
+            image_embedding: B×C×h×w, or 1×C×h×w shared by all B token sets (computed once where it can be).
+            image_pe: B×C×h×w or 1×C×h×w positional encoding of the image.
             point_embedding: B×Nt×C prompt/output tokens; also used as the tokens' PE in every layer.
         Returns:
             (tokens B×Nt×C, image tokens B×(h·w)×C).
         """
-        image_tokens = image_embedding.flatten(2).permute(0, 2, 1)
-        image_pe = image_pe.flatten(2).permute(0, 2, 1)
+        # Token-major copies, made once: every projection and residual below then reads contiguous rows. An image
+        # batch of 1 stays 1 while it is the same for every prompt: the first layer's image-side projections (its
+        # token→image keys and values, its image→token queries) run once and broadcast over the B prompts.
+        image_tokens = image_embedding.flatten(2).transpose(1, 2).contiguous()
+        image_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
 
         queries, keys = point_embedding, image_tokens
         for layer in self.layers:
