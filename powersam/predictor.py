@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from powersam.inference.direct_upsample import threshold_low_res_into
 from powersam.inference.prompts import PromptPipeline, as_finite_float
 from powersam.inference.timing import StageTimer
 from powersam.transforms import (
@@ -168,7 +169,14 @@ class SamPredictor(PromptPipeline):
             return self._decode(coords_t, labels_t, box_t, mask_t, multimask_output)
 
     def _upsample_into(self, low_res: torch.Tensor, out: np.ndarray, return_logits: bool) -> None:
-        """Write B×C×H×W masks for B×C×s×s logits into the NumPy array ``out`` (chunked: 256 MB budget)."""
+        """Write B×C×H×W masks for B×C×s×s logits into the NumPy array ``out``: bool masks in one composed pass per
+        mask, only where it can be set (:mod:`powersam.inference.direct_upsample`: the two-step resize to float
+        rounding); float logits by the two-step resize (chunked: 256 MB budget)."""
+        if not return_logits:
+            square = None if self._resize_mode() == "squash" else self.img_size
+            logits = low_res.detach().float().cpu().numpy()
+            threshold_low_res_into(logits, self._input_size, self._original_size, square, self._mask_threshold(), out)
+            return
         chunk = upsample_chunk_size(low_res.shape[1], self._input_size, self._original_size, self.img_size)
         with torch.inference_mode():
             masks_to_original(
@@ -185,6 +193,12 @@ class SamPredictor(PromptPipeline):
     def mask_threshold(self) -> float:
         """Logit above which a pixel is inside the mask (the model's ``mask_threshold``, 0 by default)."""
         return self._mask_threshold()
+
+    def low_res_numpy(self, low_res: torch.Tensor) -> tuple[np.ndarray, Optional[int]]:
+        """K×1×s×s logits → (K×s×s float32 NumPy, S; None for SAM 2's squashed input), upsampled by
+        ``predict_compact`` in one composed pass (:mod:`powersam.inference.direct_upsample`)."""
+        square = None if self._resize_mode() == "squash" else self.img_size
+        return low_res[:, 0].detach().float().cpu().numpy(), square
 
     def input_logits(self, low_res: torch.Tensor, input_size: Sequence[int]) -> np.ndarray:
         """K×1×s×s logits → K×h×w float32 NumPy logits, the first of the two bilinear steps of

@@ -29,6 +29,7 @@ from ..io import load_image
 from ..masks import CompactMasks
 from ..results import Results
 from .timing import StageTimer
+from .direct_upsample import masks_from_low_res
 from .upsample import masks_from_input_logits
 
 __all__ = ["MIN_IMAGE_SIDE", "DetectBackend", "Detections", "ImageTooSmall", "check_detection_args",
@@ -83,9 +84,13 @@ class DetectBackend(Protocol):
         """K×1×s×s logits → K×1×H×W bool masks at the original resolution (NumPy). The pipeline calls it one
         mask at a time, and only for a backend without ``input_logits``."""
 
-    # Optional (both built-in backends have them): the first, cheap upsampling step and the mask threshold; the
-    # pipeline then does the expensive second step itself, per mask, on the rectangle where the mask can be set.
+    # Optional (the built-in backends have them): the mask threshold and either the low-res logits as NumPy with
+    # the padded square of the first upsampling step (the pipeline then upsamples each mask in one composed pass,
+    # only where it can be set: :mod:`powersam.inference.direct_upsample`), or the first, cheap upsampling step
+    # (the pipeline then does the second step itself, per mask, on that rectangle).
     #   mask_threshold: float
+    #   def low_res_numpy(self, low_res: Any) -> tuple[np.ndarray, Optional[int]]:
+    #       """K×1×s×s logits → (K×s×s float32 NumPy, S of the padded input square; None: squashed input)."""
     #   def input_logits(self, low_res: Any, input_size: Size) -> np.ndarray:
     #       """K×1×s×s logits → K×h×w float32 NumPy logits of the input frame (bilinear to the padded S×S input,
     #       padding cropped)."""
@@ -144,18 +149,22 @@ def boxes_to_original(boxes: np.ndarray, input_size: Sequence[int], original_siz
 
 def compact_masks(backend: DetectBackend, low_res: Any, input_size: Size, original_size: Size,
                   chunk_bytes: int = 64 * 2**20, out: Optional[CompactMasks] = None) -> CompactMasks:
-    """K×1×s×s low-res logits (backend array) → :class:`CompactMasks` at the original resolution, a bounded chunk
-    of masks through the backend's ``input_logits`` at a time, then one mask at a time (see
-    :mod:`powersam.inference.upsample`). A backend without ``input_logits`` has its ``upsample`` called one mask
-    at a time instead (one full-resolution plane at a time). The masks are appended to ``out`` when given."""
+    """K×1×s×s low-res logits (backend array) → :class:`CompactMasks` at the original resolution, one mask at a
+    time and only where it can be set: in one composed pass from the backend's ``low_res_numpy``
+    (:mod:`powersam.inference.direct_upsample`), else a bounded chunk of masks through its ``input_logits`` and the
+    second step per mask (:mod:`powersam.inference.upsample`). A backend with neither has its ``upsample`` called
+    one mask at a time (one full-resolution plane at a time). The masks are appended to ``out`` when given."""
     masks = CompactMasks(original_size) if out is None else out
     total = int(low_res.shape[0])
+    threshold = float(getattr(backend, "mask_threshold", 0.0))
+    if callable(getattr(backend, "low_res_numpy", None)):
+        logits, square = backend.low_res_numpy(low_res)
+        return masks_from_low_res(logits, input_size, original_size, square, threshold, out=masks)
     if not callable(getattr(backend, "input_logits", None)):
         for i in range(total):
             mask = np.asarray(backend.upsample(low_res[i : i + 1], input_size, original_size))[0, 0]
             masks.append_crop(mask, 0, 0)
         return masks
-    threshold = float(getattr(backend, "mask_threshold", 0.0))
     chunk = max(1, chunk_bytes // (4 * max(1, max(int(input_size[0]), int(input_size[1])) ** 2)))  # S×S each
     for start in range(0, total, chunk):
         logits = backend.input_logits(low_res[start : start + chunk], input_size)

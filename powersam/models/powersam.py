@@ -160,6 +160,11 @@ class DetectSegmentModel(Sam):
             masks = masks_to_original(low_res, input_size, original_size, self.img_size, output_device="cpu")
         return masks.numpy()
 
+    def low_res_numpy(self, low_res: torch.Tensor) -> tuple[np.ndarray, int]:
+        """K×1×s×s logits → (K×s×s float32 NumPy, S): what :func:`~powersam.inference.detect.compact_masks`
+        upsamples in one composed pass (:mod:`powersam.inference.direct_upsample`)."""
+        return low_res[:, 0].detach().float().cpu().numpy(), self.img_size
+
     def input_logits(self, low_res: torch.Tensor, input_size: tuple[int, int]) -> np.ndarray:
         """K×1×s×s logits → K×h×w float32 NumPy logits of the input frame: bilinear to the padded S×S input (on the
         model's device, as :func:`~powersam.transforms.masks_to_original` does) and the padding cropped. The second

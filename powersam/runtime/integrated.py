@@ -101,6 +101,10 @@ class OnnxPowerSAM:
         :meth:`input_logits` and upsamples each mask only where it can be set)."""
         return upsample_masks(low_res, input_size, original_size, self.img_size, threshold=self.mask_threshold)
 
+    def low_res_numpy(self, low_res: np.ndarray) -> tuple[np.ndarray, int]:
+        """K×1×s×s logits → (K×s×s float32, S), upsampled by the pipeline in one composed pass."""
+        return np.asarray(low_res, dtype=np.float32)[:, 0], self.img_size
+
     def input_logits(self, low_res: np.ndarray, input_size: Sequence[int]) -> np.ndarray:
         """K×1×s×s logits → K×h×w float32 logits of the input frame (bilinear to the padded S×S input, padding
         cropped), the first of :func:`~powersam.runtime.preprocess.upsample_masks`' two steps."""

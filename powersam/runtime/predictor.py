@@ -129,6 +129,11 @@ class OnnxSamPredictor(PromptPipeline):
     def _num_outputs(self, multimask_output: Union[bool, int]) -> int:
         return len(self._select_tokens(multimask_output))
 
+    def low_res_numpy(self, low_res: np.ndarray) -> tuple[np.ndarray, Optional[int]]:
+        """K×1×s×s logits → (K×s×s float32, S; None for SAM 2's squashed input), upsampled by ``predict_compact``
+        in one composed pass (:mod:`powersam.inference.direct_upsample`)."""
+        return np.asarray(low_res, dtype=np.float32)[:, 0], None if self.resize_mode == "squash" else self.img_size
+
     def input_logits(self, low_res: np.ndarray, input_size: Sequence[int]) -> np.ndarray:
         """K×1×s×s logits → K×h×w float32 logits, the first of :func:`~powersam.runtime.preprocess.upsample_masks`'
         two steps (to the padded S×S input, padding cropped; squashed SAM 2 input: the low-res logits themselves),

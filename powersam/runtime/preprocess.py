@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image
 
+from ..inference.direct_upsample import threshold_low_res_into
 from ..inference.upsample import linear_taps
 
 try:  # optional: faster mask upsampling
@@ -127,7 +128,8 @@ def upsample_masks(
     Like :func:`powersam.transforms.masks_to_original`: bilinear to the padded S×S input, crop the resized image,
     bilinear to the original size, ``chunk_size`` prompts at a time so the float32 intermediates stay at
     chunk·M·(S² + h·w + H·W)·4 bytes on top of the output. ``resize_mode="squash"`` (SAM 2) resizes the low-res
-    logits straight to the original size, as SAM 2's ``postprocess_masks``.
+    logits straight to the original size, as SAM 2's ``postprocess_masks``. Bool masks skip the float planes:
+    :func:`~powersam.inference.direct_upsample.threshold_low_res_into` (the same masks to float rounding).
     """
     if low_res_logits.ndim != 4:
         raise ValueError(f"low_res_logits must be N×M×h×w, got shape {low_res_logits.shape}")
@@ -137,6 +139,9 @@ def upsample_masks(
     height, width = int(original_size[0]), int(original_size[1])
     in_h, in_w = int(input_size[0]), int(input_size[1])
     out = np.empty((n, m, height, width), dtype=np.float32 if threshold is None else np.bool_)
+    if threshold is not None:  # bool masks: one composed pass per mask, only where it can be set
+        square = None if resize_mode == "squash" else img_size
+        return threshold_low_res_into(low_res_logits, input_size, original_size, square, float(threshold), out)
     for start in range(0, n, chunk_size):
         chunk = low_res_logits[start : start + chunk_size].astype(np.float32, copy=False)
         stack = chunk.reshape(-1, *chunk.shape[2:])

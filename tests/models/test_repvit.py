@@ -220,6 +220,27 @@ def test_reparameterize_is_exact_in_eval(arch: str) -> None:
     assert list(model.state_dict()) == keys
 
 
+def test_channels_last_inference_matches_the_plain_layout() -> None:
+    """Eval-mode CPU inference runs in channels-last memory; outputs equal the plain layout's to float rounding
+    and come back contiguous (NCHW) either way."""
+    torch.manual_seed(3)
+    model = RepViT("m0")
+    _randomise(model, seed=4)
+    model.eval().reparameterize()
+    x = torch.randn(1, 3, 128, 96)
+    with torch.no_grad():
+        model.channels_last = False
+        plain = model.forward_multiscale(x)
+        model.channels_last = True
+        fast = model.forward_multiscale(x)
+        assert torch.equal(model(x), fast[-1])
+    for a, b in zip(fast, plain):
+        assert a.is_contiguous() and a.shape == b.shape
+        assert (a - b).abs().max() / b.abs().max() < 1e-5
+    assert model._inference_layout(x).is_contiguous(memory_format=torch.channels_last)
+    assert model.train()._inference_layout(x) is x  # training keeps the caller's layout
+
+
 def test_reparameterize_refuses_train_mode() -> None:
     model = RepViT("m0").train()
     with pytest.raises(RuntimeError, match="eval"):
