@@ -321,7 +321,10 @@ def _pre_process(src: Path, out: Path, large: bool = False) -> Path:
     """ONNX Runtime's recommended pre-processing (symbolic shape inference, graph optimisation); ``src`` if it fails.
 
     It folds the exporter's Identity-wrapped initializers, without which convolution biases are not initializers and
-    those convolutions cannot become integer kernels.
+    those convolutions cannot become integer kernels. ORT's symbolic shape inference cannot follow the integrated
+    graph (NMS's data-dependent shapes) nor the decoder; the tool then runs again without it (ONNX's own shape
+    inference and the graph optimisation still run). Before that retry, half of the integrated graph's
+    "quantised" convolutions ran as DequantizeLinear + float Conv (ORT profile, docs/speed_profile.md).
     """
     previous = os.getcwd()
     src, out = src.resolve(), out.resolve()  # before the chdir below: a relative path would resolve against it
@@ -329,11 +332,19 @@ def _pre_process(src: Path, out: Path, large: bool = False) -> Path:
     # current directory; run it from the scratch folder so nothing lands in the user's.
     os.chdir(out.parent)
     try:
-        quant_pre_process(str(src), str(out), save_as_external_data=large, all_tensors_to_one_file=True)
-    except Exception as err:  # the tool raises bare Exceptions on graphs its symbolic inference cannot follow
-        logger.warning("quantisation pre-processing failed (%s: %s); quantising the graph as exported",
-                       type(err).__name__, err)
-        return src
+        for skip_symbolic_shape in (False, True):
+            try:
+                quant_pre_process(str(src), str(out), skip_symbolic_shape=skip_symbolic_shape,
+                                  save_as_external_data=large, all_tensors_to_one_file=True)
+                break
+            except Exception as err:  # the tool raises bare Exceptions on graphs its symbolic inference cannot follow
+                stage = "without" if skip_symbolic_shape else "with"
+                logger.log(logging.WARNING if skip_symbolic_shape else logging.INFO,
+                           "quantisation pre-processing %s symbolic shape inference failed (%s: %s)%s", stage,
+                           type(err).__name__, err, "; quantising the graph as exported" if skip_symbolic_shape
+                           else "; retrying without it")
+        else:
+            return src
     finally:
         os.chdir(previous)
     return out

@@ -292,7 +292,9 @@ def test_int8_export_hook(exported, calib_dir):
 
 
 def test_failed_pre_processing_falls_back_without_litter(exported, tmp_path, monkeypatch, caplog):
-    """ORT's symbolic shape inference cannot follow the decoder graph and dumps debug files into the cwd on failure."""
+    """ORT's symbolic shape inference cannot follow the decoder graph and dumps debug files into the cwd on failure;
+    the pre-processing then runs without it, and when that fails too the graph is quantised as exported."""
+    import powersam.deploy.quantize as quantize
     from powersam.deploy.quantize import _pre_process
 
     cwd = tmp_path / "cwd"
@@ -300,9 +302,31 @@ def test_failed_pre_processing_falls_back_without_litter(exported, tmp_path, mon
     monkeypatch.chdir(cwd)
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    assert _pre_process(exported["decoder"], scratch / "prepared.onnx") == exported["decoder"]
-    assert "pre-processing failed" in caplog.text
+    caplog.set_level("INFO", logger="powersam.deploy.quantize")
+    prepared = _pre_process(exported["decoder"], scratch / "prepared.onnx")
+    assert "with symbolic shape inference failed" in caplog.text and "retrying without it" in caplog.text
+    assert prepared == (scratch / "prepared.onnx").resolve() and prepared.exists()
     assert list(cwd.iterdir()) == [] and Path.cwd() == cwd
+
+    def broken(*args, **kwargs):
+        raise Exception("cannot")  # noqa: TRY002 - the tool's own habit
+
+    monkeypatch.setattr(quantize, "quant_pre_process", broken)
+    assert _pre_process(exported["decoder"], scratch / "again.onnx") == exported["decoder"]
+    assert "quantising the graph as exported" in caplog.text
+    assert list(cwd.iterdir()) == [] and Path.cwd() == cwd
+
+
+def test_integrated_convolutions_get_integer_biases(int8_integrated):
+    """Every quantised convolution of the integrated graph must be fusable into QLinearConv: its bias comes through
+    a DequantizeLinear (int32), not an exporter Identity (which happens when the pre-processing is skipped)."""
+    graph = onnx.load(str(int8_integrated)).graph
+    producer = {out: node for node in graph.node for out in node.output}
+    quantised = [n for n in graph.node if n.op_type == "Conv" and producer.get(n.input[1]) is not None
+                 and producer[n.input[1]].op_type == "DequantizeLinear"]
+    biased = [n for n in quantised if len(n.input) > 2 and n.input[2]]
+    assert biased and all(producer.get(n.input[2]) is not None
+                          and producer[n.input[2]].op_type == "DequantizeLinear" for n in biased)
 
 
 def test_pre_processing_takes_paths_relative_to_the_callers_cwd(exported, tmp_path, monkeypatch, caplog):
