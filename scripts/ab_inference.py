@@ -7,9 +7,15 @@ process, so machine noise hits both alike; the first round is a warm-up and is d
 * ``layout``: the re-parameterised RepViT encoder with ``channels_last`` off / on (``set_image`` timed stages).
 * ``ort FILE.onnx``: ONNX Runtime session start-up with and without a saved optimised graph, and 2 threads with
   ``session.intra_op.allow_spinning`` on / off, on an exported encoder graph.
+* ``int8 [S]``: exports PowerSAM-S (seeded random weights) as an interactive pair and an integrated graph at S,
+  quantises them (static encoder / integrated as ``powersam export --int8`` does, calibrated on 4 photos; dynamic
+  decoder MatMuls, :mod:`powersam.deploy.quantize_decoder`), lists the kernels ONNX Runtime actually runs per part
+  (its per-node profile: op types, counts, ms), times FP32 against the INT8 variants round-robin and reports the
+  mask IoU of each variant against FP32 (5 boxes on each of 3 photos).
 
     OMP_NUM_THREADS=1 python scripts/ab_inference.py post|layout [S] [--image PATH] [--rounds N]
     OMP_NUM_THREADS=1 python scripts/ab_inference.py ort path/to/encoder.onnx
+    OMP_NUM_THREADS=1 python scripts/ab_inference.py int8 [S] [--rounds N]
 """
 from __future__ import annotations
 
@@ -143,6 +149,150 @@ def ab_ort(path: Path, rounds: int) -> None:
             print(f"  run, {name:24s} {np.median(values):7.1f} ms (median of {len(values)})")
 
 
+# ------------------------------------------------------------------------------------------------ int8
+INTEGER_OPS = ("ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul", "DynamicQuantizeMatMul",
+               "MatMulIntegerToFloat", "QGemm", "QLinearAdd", "QLinearMul", "QLinearSigmoid", "QLinearGlobalAveragePool",
+               "QLinearConcat", "QLinearLeakyRelu", "DynamicQuantizeLinear", "QuantizeLinear", "DequantizeLinear")
+PARTS = (("/mask_decoder", "decoder"), ("/prompt_encoder", "decoder"), ("/box_generator", "detector"),
+         ("/transformer", "decoder"), ("/output_", "decoder"), ("/iou_prediction", "decoder"))
+
+
+def _part(node: str, graph: str) -> str:
+    if graph != "integrated":
+        return graph
+    return next((part for prefix, part in PARTS if node.startswith(prefix)), "encoder/other")
+
+
+def _profile(path: Path, feeds: dict, graph: str) -> dict:
+    """One profiled run after a warm-up: {(part, op type): [count, ms]} from ONNX Runtime's per-node events."""
+    import json
+
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
+    options.enable_profiling = True
+    with tempfile.TemporaryDirectory() as tmp:
+        options.profile_file_prefix = str(Path(tmp) / "p")
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session.run(None, feeds)
+        session.run(None, feeds)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    runs = [e for e in events if e.get("name") == "model_run"]
+    start = runs[-1]["ts"]
+    table: dict = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["ts"] >= start and e["name"].endswith("_kernel_time"):
+            key = (_part(e["name"], graph), e["args"]["op_name"])
+            row = table.setdefault(key, [0, 0.0])
+            row[0] += 1
+            row[1] += e["dur"] / 1e3
+    return table
+
+
+def _print_profile(label: str, table: dict) -> None:
+    total = sum(ms for _, ms in table.values())
+    print(f"  {label}: {total:.1f} ms in kernels")
+    for part in sorted({p for p, _ in table}):
+        rows = sorted(((op, *v) for (p, op), v in table.items() if p == part), key=lambda r: -r[2])
+        integer = sum(ms for op, _, ms in rows if op in INTEGER_OPS)
+        shown = ", ".join(f"{op} {n}x {ms:.1f}" for op, n, ms in rows if ms >= 0.02 * total or op in INTEGER_OPS)
+        print(f"    {part:13s} {sum(r[2] for r in rows):7.1f} ms (integer/Q-DQ kernels {integer:.1f}): {shown}")
+
+
+def _int8_graphs(size: int, work: Path, photos: list[str]) -> dict[str, Path]:
+    import torch
+
+    from powersam.deploy.onnx_export import export_onnx
+    from powersam.deploy.quantize import quantize_onnx
+    from powersam.deploy.quantize_decoder import quantize_decoder_matmuls
+    from powersam.models.zoo import build_model
+
+    torch.manual_seed(0)
+    model = build_model("powersam_s", img_size=size).eval()
+    encoder, decoder = export_onnx(model, work / "pair", interactive=True, multimask_output=1)
+    (integrated,) = export_onnx(model, work / "integrated.onnx", max_det=5)
+    graphs = {"encoder": encoder, "decoder": decoder, "integrated": integrated}
+    graphs["encoder int8"] = quantize_onnx(encoder, work / "encoder.int8.onnx", photos, num_calib=4)
+    graphs["decoder int8-dyn"] = quantize_decoder_matmuls(decoder, work / "decoder.dyn.onnx")
+    graphs["integrated int8"] = quantize_onnx(integrated, work / "integrated.int8.onnx", photos, num_calib=4)
+    graphs["integrated int8+dec"] = quantize_decoder_matmuls(graphs["integrated int8"], work / "integrated.dyn.onnx")
+    return graphs
+
+
+def ab_int8(size: int, image_path: str, rounds: int) -> None:
+    from powersam.bench.pipelines import synthetic_boxes
+    from powersam.inference.timing import StageTimer
+    from powersam.io import list_images, load_image
+    from powersam.runtime import GraphSession, OnnxSamPredictor
+    from powersam.deploy.quantize import ImageCalibrationReader
+
+    folder = Path(image_path).parent
+    photos = [str(p) for p in list_images(folder)[:8]]
+    images = [load_image(image_path)] + [load_image(p) for p in photos[-2:]]
+    with tempfile.TemporaryDirectory() as tmp:
+        g = _int8_graphs(size, Path(tmp), photos[:4])
+        s = {name: GraphSession(path, threads=1) for name, path in g.items()}
+        pairs = {"fp32": ("encoder", "decoder"), "int8 enc": ("encoder int8", "decoder"),
+                 "int8 dec": ("encoder", "decoder int8-dyn"), "int8 enc+dec": ("encoder int8", "decoder int8-dyn")}
+        boxes = [synthetic_boxes(5, im.shape[:2], seed=i).numpy() for i, im in enumerate(images)]
+        # --- what runs in integer form
+        pred = OnnxSamPredictor(s["encoder"], s["decoder"])
+        pred.set_image(images[0])
+        reader = ImageCalibrationReader([images[0]], s["integrated"].metadata, max_det=5)
+        int_feeds = reader.feeds(0)
+        int_feeds["score_thr"] = np.asarray(0.0, dtype=np.float32)
+        enc_feeds = {"image": ImageCalibrationReader([images[0]], s["encoder"].metadata).feeds(0)["image"]}
+        captured = {}
+        run = pred.decoder.run
+        pred.decoder.run = lambda feeds, outputs=None: captured.setdefault("f", feeds) and run(feeds, outputs)
+        pred.predict_batch(boxes=boxes[0], multimask_output=False)
+        pred.decoder.run = run
+        print(f"S={size}, PowerSAM-S random weights, 1 thread; ONNX Runtime per-node profile (2nd run)")
+        for name, feeds, graph in (("encoder", enc_feeds, "encoder"), ("encoder int8", enc_feeds, "encoder"),
+                                   ("decoder", captured["f"], "decoder"), ("decoder int8-dyn", captured["f"], "decoder"),
+                                   ("integrated", int_feeds, "integrated"), ("integrated int8", int_feeds, "integrated"),
+                                   ("integrated int8+dec", int_feeds, "integrated")):
+            _print_profile(name, _profile(g[name], feeds, graph))
+        # --- mask agreement with FP32 (same boxes), then round-robin timings
+        masks: dict[str, list] = {name: [] for name in pairs}
+        times: dict[str, list] = {name: [] for name in [*pairs, "integrated", "integrated int8", "integrated int8+dec"]}
+        for r in range(rounds + 1):
+            for name, (enc, dec) in pairs.items():
+                p = OnnxSamPredictor(s[enc], s[dec])
+                for i, (im, bx) in enumerate(zip(images, boxes)):
+                    timer = StageTimer()
+                    p.set_image(im, timer=timer)
+                    out = p.predict_batch(boxes=bx, multimask_output=False, timer=timer)[0][:, 0]
+                    if r == 0:
+                        masks[name].append(out)
+                    elif i == 0:
+                        times[name].append(timer.ms)
+            for name in ("integrated", "integrated int8", "integrated int8+dec"):
+                start = time.perf_counter()
+                s[name].run(int_feeds)
+                if r:
+                    times[name].append({"graph": (time.perf_counter() - start) * 1e3})
+        print(f"mask IoU vs FP32 ({sum(len(m) for m in masks['fp32'])} masks on {len(images)} photos) and medians of "
+              f"{rounds} round-robin rounds on {Path(image_path).name}")
+        for name, rows in times.items():
+            stages = ", ".join(f"{k} {_median(rows, k):.1f}" for k in rows[0])
+            agree = ""
+            if name in masks:
+                ious = [_iou(a, b) for fa, fb in zip(masks["fp32"], masks[name]) for a, b in zip(fa, fb)]
+                agree = f"; IoU mean {np.mean(ious):.3f} min {np.min(ious):.3f}"
+            print(f"  {name:20s} {stages}{agree}")
+        outs = {name: s[name].run(int_feeds) for name in ("integrated int8", "integrated int8+dec")}
+        ious = [_iou(a > 0, b > 0) for a, b in zip(*(o["mask_logits"][:, 0] for o in outs.values()))]
+        print(f"  integrated: decoder MatMuls int8 vs float, same detections: mask IoU mean {np.mean(ious):.3f} "
+              f"min {np.min(ious):.3f} (low-res logits > 0, {len(ious)} masks)")
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
 def main(argv: list[str]) -> None:
     """``what [arg] [--image PATH] [--rounds N]`` (plain ``sys.argv`` parsing: argparse lives in powersam/cli)."""
     options = {"--image": DEFAULT_IMAGE, "--rounds": "5"}
@@ -153,13 +303,15 @@ def main(argv: list[str]) -> None:
             options[item] = next(items, options[item])
         else:
             positional.append(item)
-    if not positional or positional[0] not in ("post", "layout", "ort") or len(positional) > 2:
+    if not positional or positional[0] not in ("post", "layout", "ort", "int8") or len(positional) > 2:
         raise SystemExit(__doc__)
     what, arg, rounds = positional[0], (positional[1:] or [None])[0], int(options["--rounds"])
     if what == "ort":
         if arg is None:
             raise SystemExit("ort needs the path of an exported graph")
         ab_ort(Path(arg), rounds)
+    elif what == "int8":
+        ab_int8(int(arg or 1024), options["--image"], rounds)
     elif what == "post":
         ab_post(int(arg or 1024), options["--image"], rounds)
     else:

@@ -350,3 +350,24 @@ def test_seven_bit_weights_are_chosen_on_cpus_without_vnni(exported, calib_dir, 
         monkeypatch.setattr(quantize_module, "cpu_has_vnni", lambda: has_vnni)
         out = quantize_onnx(exported["encoder"], tmp_path / f"e{has_vnni}.onnx", calib_dir, num_calib=2)
         assert ("(7-bit range)" in props(out)[QUANTIZATION_KEY]) is expected
+
+
+def test_decoder_matmuls_dynamic_int8_agrees_with_fp32(exported, tmp_path):
+    """Opt-in dynamic INT8 of the decoder's weight MatMuls: only those change, masks agree with the float decoder."""
+    from powersam.deploy.quantize_decoder import quantize_decoder_matmuls, weight_matmuls
+
+    out = quantize_decoder_matmuls(exported["decoder"], tmp_path / "decoder.dyn.onnx")
+    chosen = len(weight_matmuls(onnx.load(str(exported["decoder"]))))
+    counts, source = op_counts(out), op_counts(exported["decoder"])
+    assert counts["MatMulInteger"] == chosen and counts["DynamicQuantizeLinear"] >= 1
+    assert counts["Softmax"] == source["Softmax"] and "decoder int8-dynamic" in props(out)[QUANTIZATION_KEY]
+    fp32 = rt.load(exported["encoder"], threads=1)
+    int8 = rt.OnnxSamPredictor(fp32.encoder, rt.GraphSession(out, threads=1))
+    ious = []
+    for seed in (100, 101):
+        image, boxes = scene(seed)
+        results = [p.set_image(image) or p.predict_batch(boxes=boxes, multimask_output=False)[0] for p in (fp32, int8)]
+        ious += [mask_iou(a, b) for a, b in zip(results[0][:, 0], results[1][:, 0])]
+    assert np.mean(ious) >= MIN_MEAN_MASK_IOU, ious
+    with pytest.raises(ValueError, match="mask decoder"):
+        quantize_decoder_matmuls(exported["encoder"], tmp_path / "x.onnx")
