@@ -15,8 +15,8 @@ What is quantised, and why:
   ranges calibrated on a few prompts generalise poorly to others. It is not free: at S=512 one prompt batch took
   ~16 ms against ~70 ms for the FP32 encoder (one thread). Dynamic int8 quantisation of its MatMul/Gemm weights
   (``onnxruntime.quantization.quantize_dynamic``) measured 16 → 11 ms with mask IoU 0.98 against float, on random
-  weights; it is left to the user until measured on trained ones. :func:`quantize_onnx` on a decoder writes a float
-  copy that says so.
+  weights; it is opt-in (:mod:`powersam.deploy.quantize_decoder`) until measured on trained ones.
+  :func:`quantize_onnx` on a decoder writes a float copy that says so.
 
 Only ``Conv`` nodes get quantize/dequantize pairs; element-wise ops (GELU, SE gates, residual adds, the neck's
 LayerNorm2d) run in float between them (quantising them too measured no faster and less accurate). Weights are int8,
