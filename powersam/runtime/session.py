@@ -112,8 +112,9 @@ class GraphSession:
                 raise ValueError(f"threads must be a positive integer, got {threads}")
             options.intra_op_num_threads = int(threads)
             options.inter_op_num_threads = 1
+        resolved = resolve_providers(providers)  # a missing provider is not a damaged file: its own error
         try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=resolve_providers(providers))
+            self.session = ort.InferenceSession(str(self.path), options, providers=resolved)
         except Exception as err:  # noqa: BLE001 - ORT raises its own types for truncated / corrupt protobufs
             if self.path.stat().st_size == 0:
                 raise GraphIntegrityError(f"{self.path}: the file is empty (0 bytes)") from None
