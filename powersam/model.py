@@ -371,7 +371,7 @@ def load(
             raise TypeError(f"source must be a name, a path or a PowerSAM/SAM module; got {type(source).__name__}")
         return _torch_model(_to_device(source, device), type(source).__name__)
     path = Path(source)
-    if _is_exported(path):
+    if _is_exported(path) or path.is_dir():  # a folder is never a checkpoint: an export or no model at all
         if build_options or name or device:
             raise ValueError(f"{sorted([*build_options, *(['name'] if name else []), *(['device'] if device else [])])}"
                              " apply to PyTorch models; an export has its weights and settings built in "

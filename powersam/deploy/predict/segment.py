@@ -60,6 +60,8 @@ def load_model(
         return importlib.import_module("powersam.runtime").load(path, providers=providers)
     if model is None and checkpoint is None:
         raise ValueError("give --model (a zoo name or a .onnx file), --checkpoint, or both")
+    if checkpoint is not None and str(checkpoint).lower().endswith((".onnx", ".engine")):
+        raise ValueError(f"{checkpoint} is an exported graph: pass it as --model, not --checkpoint (PyTorch weights)")
     from ...models.zoo import build_model
     from ...utils.device import torch_device
 
