@@ -13,8 +13,10 @@ from powersam import SamPredictor
 from powersam.models.zoo import build_model
 
 
-@pytest.fixture(scope="module")
-def predictor():
+@pytest.fixture(scope="module", params=["torch", "onnx"])
+def predictor(request):
+    if request.param == "onnx":  # OnnxSamPredictor of the corpus's export (below)
+        return request.getfixturevalue("models")["onnx"].predictor
     torch.manual_seed(0)
     return SamPredictor(build_model("edgesam", img_size=64))
 
@@ -98,8 +100,10 @@ from powersam.checkpoint import CheckpointError, save_checkpoint  # noqa: E402
 from powersam.cli import main as cli_main  # noqa: E402
 from powersam.data.coco import CocoInstances  # noqa: E402
 from powersam.inference.detect import ImageTooSmall  # noqa: E402
+from powersam.runtime import GraphIntegrityError  # noqa: E402
 
 CLASSES = ["a", "b"]
+BACKENDS = ["torch", "onnx"]  # the corpus model in PyTorch and its ONNX export (fixture models)
 
 
 def encoded(array, fmt):
@@ -206,17 +210,31 @@ def corpus(tmp_path_factory):
     return root, powersam.load(module)
 
 
-@pytest.mark.parametrize("name", list(BAD_IMAGES))
-def test_predict_refuses_bad_images_by_name(corpus, name):
+@pytest.fixture(scope="module")
+def models(corpus):
+    """The corpus model on each backend: PyTorch, and its ONNX export (exported once, ~6 s) on ONNX Runtime."""
     root, model = corpus
+    model.export("onnx", root / "onnx", max_det=5)
+    (root / "empty.onnx").write_bytes(b"")
+    (root / "text.onnx").write_text("graph? no\n")
+    (root / "truncated.onnx").write_bytes((root / "onnx" / "model.onnx").read_bytes()[:5000])
+    (root / "encoder.onnx").write_bytes((root / "onnx" / "encoder.onnx").read_bytes())  # its decoder not beside it
+    return {"torch": model, "onnx": powersam.load(root / "onnx", threads=1)}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", list(BAD_IMAGES))
+def test_predict_refuses_bad_images_by_name(corpus, models, name, backend):
+    root, model = corpus[0], models[backend]
     with pytest.raises(ValueError, match=BAD_IMAGES[name][1]) as caught:
         model.predict(root / name)
     assert name in str(caught.value) or isinstance(caught.value, ImageTooSmall)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", list(ODD_IMAGES))
-def test_odd_image_modes_are_converted(corpus, name):
-    root, model = corpus
+def test_odd_image_modes_are_converted(corpus, models, name, backend):
+    root, model = corpus[0], models[backend]
     result = model.predict(root / name, conf=0.0, max_det=3)
     assert result.orig_shape == (40, 60) and result.masks.shape == (len(result), 40, 60)
 
@@ -239,9 +257,10 @@ SEGMENT_CASES = {
 }
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", list(SEGMENT_CASES))
-def test_segment_refuses_bad_prompts_by_name(corpus, name):
-    _, model = corpus
+def test_segment_refuses_bad_prompts_by_name(models, name, backend):
+    model = models[backend]
     kwargs, says = SEGMENT_CASES[name]
     with pytest.raises(ValueError, match=says):
         model.segment(noise(40, 60), **kwargs)
@@ -256,11 +275,23 @@ LOAD_CASES = {
     "empty_checkpoint": (lambda root: dict(source=root / "empty.pt"), CheckpointError, r"empty \(0 bytes\)"),
     "text_as_checkpoint": (lambda root: dict(source=root / "text.pt", name="powersam_s"), CheckpointError,
                            "not a readable PyTorch checkpoint"),
+    "folder_without_a_model": (lambda root: dict(source=root / "images"), FileNotFoundError, "images holds no model"),
+    # exports (ONNX Runtime)
+    "missing_onnx": (lambda root: dict(source=root / "gone.onnx"), FileNotFoundError, "not found: '.*gone.onnx'"),
+    "empty_onnx": (lambda root: dict(source=root / "empty.onnx"), GraphIntegrityError, r"empty \(0 bytes\)"),
+    "text_as_onnx": (lambda root: dict(source=root / "text.onnx"), GraphIntegrityError, "cannot load it"),
+    "truncated_onnx": (lambda root: dict(source=root / "truncated.onnx"), GraphIntegrityError, "truncated"),
+    "encoder_without_decoder": (lambda root: dict(source=root / "encoder.onnx"), FileNotFoundError,
+                                "its partner .*decoder.onnx is missing"),
+    "build_options_for_an_export": (lambda root: dict(source=root / "onnx", img_size=128), ValueError,
+                                    r"\['img_size'\] apply to PyTorch models"),
+    "provider_not_installed": (lambda root: dict(source=root / "onnx", providers="openvino"), ValueError,
+                               "^execution provider 'openvino'.* is not available in this onnxruntime build"),
 }
 
 
 @pytest.mark.parametrize("name", list(LOAD_CASES))
-def test_load_refuses_bad_models_by_name(corpus, name):
+def test_load_refuses_bad_models_by_name(corpus, models, name):
     root, _ = corpus
     kwargs, error, says = LOAD_CASES[name]
     with pytest.raises(error, match=says):
@@ -317,10 +348,12 @@ def cli(argv, capsys):
     return code, capsys.readouterr().err
 
 
-def test_cli_predict_lists_every_bad_image_and_fails(corpus, tmp_path, capsys):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cli_predict_lists_every_bad_image_and_fails(corpus, models, tmp_path, capsys, backend):
     root, _ = corpus
     images = [root / name for name in [*BAD_IMAGES, *ODD_IMAGES]]
-    code, err = cli(["predict", *images, "--checkpoint", root / "model.pt", "--out", tmp_path / "out",
+    weights = ["--checkpoint", root / "model.pt"] if backend == "torch" else ["--model", root / "onnx" / "model.onnx"]
+    code, err = cli(["predict", *images, *weights, "--out", tmp_path / "out",
                      "--no-progress", "--no-overlay", "--conf", "0"], capsys)
     assert code == 1
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
@@ -329,9 +362,22 @@ def test_cli_predict_lists_every_bad_image_and_fails(corpus, tmp_path, capsys):
     for name, (_, says) in BAD_IMAGES.items():
         assert says in failures[name] and f"{name}: " in err
     assert "--min-side 0" in failures["one_pixel.png"]
-    code, _ = cli(["predict", root / "one_pixel.png", "--checkpoint", root / "model.pt", "--out", tmp_path / "tiny",
+    code, _ = cli(["predict", root / "one_pixel.png", *weights, "--out", tmp_path / "tiny",
                    "--no-progress", "--no-overlay", "--conf", "0", "--min-side", "0"], capsys)
     assert code == 0  # asked for explicitly
+
+
+@pytest.mark.parametrize("extra, says", [
+    (["--model", "onnx/model.onnx", "--img-size", "128"], "--img-size apply to PyTorch models"),
+    (["--model", "onnx/model.onnx", "--device", "openvino"], "execution provider 'openvino'"),
+    (["--model", "text.onnx"], "text.onnx: ONNX Runtime cannot load it"),
+    (["--checkpoint", "onnx/model.onnx"], "model.onnx is an exported graph: pass it as --model"),
+])
+def test_cli_predict_on_an_export_names_what_it_cannot_do(corpus, models, tmp_path, capsys, extra, says):
+    root, _ = corpus
+    extra = [root / a if a.endswith(".onnx") else a for a in extra]
+    code, err = cli(["predict", root / "cmyk.jpg", *extra, "--out", tmp_path, "--no-progress"], capsys)
+    assert code == 1 and says in err and ("damaged" not in err or "text.onnx" in err)  # no provider ≠ damaged
 
 
 @pytest.mark.parametrize("command, data, says", [
@@ -352,20 +398,3 @@ def test_cli_train_refuses_bad_configs(corpus, capsys, config, says):
     root, _ = corpus
     code, err = cli(["train", "teacher", "--config", root / config], capsys)
     assert code == 1 and says in err and config in err
-
-
-def test_empty_masks_are_flagged_and_counted():
-    from powersam.deploy.predict.outputs import format_summary
-    from powersam.masks import CompactMasks
-    from powersam.results import Results
-
-    dense = np.zeros((3, 4, 5), bool)
-    dense[1, 2, 3] = True
-    for masks in (dense, CompactMasks.from_dense(dense)):
-        result = Results(np.zeros((3, 4)), np.ones(3), np.zeros(3, np.int64), masks, ["x"], (4, 5))
-        np.testing.assert_array_equal(result.empty_masks, [True, False, True])
-    empty = Results.empty((4, 5), ["x"])
-    assert empty.empty_masks.shape == (0,) and empty.mask_areas().shape == (0,)  # mask_areas raised here
-    summary = {"counts": {"x": 3}, "images_with": {"x": 1}, "instances": 3, "images_processed": 1,
-               "empty_masks": 2, "failures": [], "throughput": {"ms_per_image": None}}
-    assert "warning: 2 of 3 instance(s) have an empty mask" in format_summary(summary)

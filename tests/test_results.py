@@ -149,3 +149,19 @@ def test_box_only_results_export_without_segmentation():
     records = results.to_coco(1)
     assert all("segmentation" not in r for r in records)
     assert results.plot(_image()).shape == (H, W, 3)
+
+
+def test_empty_masks_are_flagged_and_counted():
+    from powersam.deploy.predict.outputs import format_summary
+    from powersam.masks import CompactMasks
+
+    dense = np.zeros((3, 4, 5), bool)
+    dense[1, 2, 3] = True
+    for masks in (dense, CompactMasks.from_dense(dense)):
+        result = Results(np.zeros((3, 4)), np.ones(3), np.zeros(3, np.int64), masks, ["x"], (4, 5))
+        np.testing.assert_array_equal(result.empty_masks, [True, False, True])
+    empty = Results.empty((4, 5), ["x"])
+    assert empty.empty_masks.shape == (0,) and empty.mask_areas().shape == (0,)  # mask_areas raised here
+    summary = {"counts": {"x": 3}, "images_with": {"x": 1}, "instances": 3, "images_processed": 1,
+               "empty_masks": 2, "failures": [], "throughput": {"ms_per_image": None}}
+    assert "warning: 2 of 3 instance(s) have an empty mask" in format_summary(summary)
