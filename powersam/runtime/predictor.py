@@ -41,6 +41,10 @@ class OnnxSamPredictor(PromptPipeline):
     _IMAGE_STATE_ATTRS = (*PromptPipeline._IMAGE_STATE_ATTRS, "_high_res")  # SAM 2's stride-4/8 features
 
     def __init__(self, encoder: GraphSession, decoder: GraphSession) -> None:
+        for role, session in (("encoder", encoder), ("decoder", decoder)):
+            if not hasattr(session, "metadata"):  # a GraphSession or a TensorRT engine session
+                raise TypeError(f"the {role} must be a loaded graph session (GraphSession), got {type(session).__name__}; to open files use "
+                                "powersam.runtime.load([encoder.onnx, decoder.onnx]) or powersam.load(...)")
         if encoder.metadata.graph != "encoder" or decoder.metadata.graph != "decoder":
             raise ValueError(
                 f"expected an encoder and a decoder graph, got {encoder.metadata.graph} and {decoder.metadata.graph}"

@@ -16,7 +16,7 @@ from .metadata import GraphMetadata
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GraphSession", "resolve_providers"]
+__all__ = ["GraphSession", "device_provider", "resolve_providers"]
 
 PathLike = Union[str, Path]
 ProviderSpec = Union[str, tuple[str, dict[str, Any]]]
@@ -45,6 +45,20 @@ def _ort():
     except ImportError:
         raise ImportError("powersam.runtime needs onnxruntime (pip install onnxruntime)") from None
     return onnxruntime
+
+
+def device_provider(device: str) -> ProviderSpec:
+    """A torch-style device string as a provider request: ``"cpu"`` → ``"cpu"``, ``"cuda"`` → ``"cuda"``,
+    ``"cuda:3"`` → ``("cuda", {"device_id": 3})`` (the index goes to the provider instead of being dropped, which
+    would silently run on GPU 0). ValueError for an index that is not a non-negative integer."""
+    name, _, index = str(device).partition(":")
+    if not index:
+        return name
+    if not index.isdigit():
+        raise ValueError(f"device {device!r}: the part after ':' must be a GPU index (e.g. cuda:0)")
+    if name.lower() == "cpu":
+        raise ValueError(f"device {device!r}: the CPU has no index; use 'cpu'")
+    return (name, {"device_id": int(index)})
 
 
 def resolve_providers(providers: Optional[Sequence[ProviderSpec] | ProviderSpec] = None) -> list[ProviderSpec]:

@@ -32,7 +32,9 @@ def load_served_model(sources: Sequence[str], checkpoint: Optional[Path] = None,
         if checkpoint is not None or img_size is not None:
             raise ValueError("--checkpoint and --img-size apply to PyTorch models; an export has its weights and "
                              "size built in")
-        providers = None if device is None else device.split(":")[0]
+        from ..runtime.session import device_provider
+
+        providers = None if device is None else device_provider(device)  # cuda:1 → the provider's device_id 1
         return load(paths if len(paths) > 1 else paths[0], providers=providers, threads=threads)
     options: dict[str, Any] = {} if img_size is None else {"img_size": int(img_size)}
     if threads is not None:

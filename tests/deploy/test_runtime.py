@@ -247,6 +247,16 @@ def test_providers_default_to_cpu_and_missing_ones_are_explained():
         assert rt.resolve_providers("cuda") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
+def test_device_strings_keep_their_gpu_index():
+    from powersam.runtime.session import device_provider
+
+    assert device_provider("cpu") == "cpu" and device_provider("cuda") == "cuda"
+    assert device_provider("cuda:7") == ("cuda", {"device_id": 7})  # was "cuda": GPU 0, silently
+    for bad in ("cuda:x", "cuda:-1", "cpu:0"):
+        with pytest.raises(ValueError, match="device"):
+            device_provider(bad)
+
+
 # ------------------------------------------------------------------------------------------------ NumPy twins
 def test_numpy_preprocessing_is_bit_identical_to_torch():
     image = noise(90, 140)
@@ -312,3 +322,8 @@ def test_a_saturating_int8_graph_is_warned_about_on_cpus_without_vnni(tmp_path, 
         seven = {"powersam.quantization": props["powersam.quantization"].replace("int8 per", "int8 (7-bit range) per")}
         session_module._warn_if_saturating(tmp_path / "g.onnx", seven)
         assert caplog.text == ""
+
+
+def test_predictor_given_paths_says_how_to_open_them(tmp_path):
+    with pytest.raises(TypeError, match="powersam.runtime.load"):
+        rt.OnnxSamPredictor(str(tmp_path / "encoder.onnx"), str(tmp_path / "decoder.onnx"))

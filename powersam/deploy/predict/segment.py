@@ -56,8 +56,9 @@ def load_model(
             from ..tensorrt import load_engine  # TensorRT runs on the GPU it was built for: no provider choice
 
             return load_engine(path)
-        providers = None if device is None else device.split(":")[0]  # an ONNX provider has no device index here
-        return importlib.import_module("powersam.runtime").load(path, providers=providers)
+        runtime = importlib.import_module("powersam.runtime")
+        providers = None if device is None else runtime.session.device_provider(device)  # cuda:1 → device_id 1
+        return runtime.load(path, providers=providers)
     if model is None and checkpoint is None:
         raise ValueError("give --model (a zoo name or a .onnx file), --checkpoint, or both")
     if checkpoint is not None and str(checkpoint).lower().endswith((".onnx", ".engine")):
