@@ -10,4 +10,7 @@ python3 -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q -e ".[test]"
 # Meta's SAM 2 package, only as the reference of the equivalence tests: pure Python (no CUDA extension), no deps.
 SAM2_BUILD_CUDA=0 "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation "sam2==1.1.0"
-"$VENV/bin/python" -m pytest -q "$@"
+# Two test processes (CI has two cores), each with one torch / ONNX Runtime thread so they do not fight over the
+# cores; a file's tests stay in one process, so its module fixtures (exports, tiny trainings) are built once.
+# PYTEST_WORKERS=0 runs in one process; extra arguments go to pytest.
+OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" "$VENV/bin/python" -m pytest -q -n "${PYTEST_WORKERS:-2}" --dist loadfile "$@"
