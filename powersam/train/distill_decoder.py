@@ -27,8 +27,7 @@ from torch import nn
 
 from ..data.prompts import as_numpy_rng, jitter_boxes
 from . import distributed as pdist
-from .distill_encoder import ensure_embedding_cache
-from .embed_cache import default_cache_dir
+from .embed_cache import default_cache_dir, ensure_embedding_cache
 from .sam_data import (
     SamStageConfig,
     SamTrainDataset,
@@ -173,7 +172,8 @@ def distill_decoder(cfg: DecoderDistillConfig, resume: bool = False) -> Path:
     teacher = load_teacher(cfg.teacher_model, cfg.teacher_checkpoint, img_size=cfg.img_size)
     dataset = open_stage_dataset(cfg, load_masks=False)
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir is not None else default_cache_dir(cfg.teacher_checkpoint, cfg)
-    cache = ensure_embedding_cache(teacher, dataset, cache_dir, cfg.img_size, cfg.cache_batch_size, cfg.num_workers)
+    cache = ensure_embedding_cache(teacher, dataset, cache_dir, cfg.img_size, cfg.cache_batch_size, cfg.num_workers,
+                                   rebuild_stale=cfg.cache_dir is None)
     objective = DecoderDistillObjective(
         student, teacher.prompt_encoder, teacher.mask_decoder, train_encoder=cfg.train_encoder,
         decode_iters=cfg.decode_iters, bce_weight=cfg.bce_weight, dice_weight=cfg.dice_weight,

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from . import distributed as pdist
-from .embed_cache import EmbeddingCache, build_embedding_cache, default_cache_dir, encoder_fingerprint
+from .embed_cache import default_cache_dir, ensure_embedding_cache
 from .sam_data import (
     FirstImages,
     SamStageConfig,
@@ -119,24 +119,6 @@ def load_repvit_init(encoder: nn.Module, checkpoint: Path) -> dict[str, Any]:
     return report
 
 
-def ensure_embedding_cache(teacher: nn.Module, dataset: Any, cache_dir: Path, img_size: int, batch_size: int,
-                           num_workers: int) -> EmbeddingCache:
-    """Open the teacher-embedding cache for ``dataset``, building (or finishing) it when needed."""
-    fingerprint = encoder_fingerprint(teacher)
-    complete = False
-    if (cache_dir / "index.json").is_file():
-        cache = EmbeddingCache.open(cache_dir, teacher_fingerprint=fingerprint, img_size=img_size)
-        complete = all(i in cache for i in dataset.image_ids)
-    # Every rank must take the same branch: the build is collective under DDP.
-    flag = torch.tensor([0.0 if complete else 1.0], device=pdist.get_dist_info().device)
-    complete = not bool(pdist.all_reduce_max(flag)[0])
-    if complete:
-        return cache
-    logger.info("building the teacher-embedding cache in %s", cache_dir)
-    return build_embedding_cache(teacher, dataset, cache_dir, img_size=img_size, batch_size=batch_size,
-                                 resume=True, num_workers=num_workers)
-
-
 @torch.no_grad()
 def heldout_embedding_mse(encoder: nn.Module, teacher: nn.Module, dataset: Any, img_size: int,
                           batch_size: int = 8) -> float:
@@ -181,7 +163,8 @@ def distill_encoder(cfg: EncoderDistillConfig, resume: bool = False) -> Path:
     teacher = load_teacher(cfg.teacher_model, cfg.teacher_checkpoint, img_size=cfg.img_size)
     dataset = open_stage_dataset(cfg, load_masks=False)
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir is not None else default_cache_dir(cfg.teacher_checkpoint, cfg)
-    cache = ensure_embedding_cache(teacher, dataset, cache_dir, cfg.img_size, cfg.cache_batch_size, cfg.num_workers)
+    cache = ensure_embedding_cache(teacher, dataset, cache_dir, cfg.img_size, cfg.cache_batch_size, cfg.num_workers,
+                                   rebuild_stale=cfg.cache_dir is None)
 
     seed_everything(cfg.seed)
     sam = build_model(cfg.student, img_size=cfg.img_size, with_detector=False, upsample_mode=cfg.upsample_mode)

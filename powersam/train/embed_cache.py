@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -337,6 +338,37 @@ def _encode_rows(
     finally:
         bar.close()
         encoder.train(was_training)
+
+
+def ensure_embedding_cache(teacher: nn.Module, dataset: Any, cache_dir: Path, img_size: int, batch_size: int,
+                           num_workers: int, rebuild_stale: bool = False) -> EmbeddingCache:
+    """Open the teacher-embedding cache for ``dataset``, building (or finishing) it when needed.
+
+    A cache made by another teacher or at another input size is an error naming both, unless ``rebuild_stale``
+    (the pipeline's own default cache folder, e.g. a demo re-run after the shipped teacher changed): then it is
+    deleted and rebuilt, with a warning. A folder the user named is never deleted."""
+    fingerprint = encoder_fingerprint(teacher)
+    complete = False
+    if (cache_dir / "index.json").is_file():
+        try:
+            cache = EmbeddingCache.open(cache_dir, teacher_fingerprint=fingerprint, img_size=img_size)
+        except ValueError as stale:
+            if not rebuild_stale:
+                raise
+            logger.warning("%s; it is this stage's own cache, so it is rebuilt", stale)
+            if pdist.is_main():
+                shutil.rmtree(cache_dir)
+            pdist.barrier()
+        else:
+            complete = all(i in cache for i in dataset.image_ids)
+    # Every rank must take the same branch: the build is collective under DDP.
+    flag = torch.tensor([0.0 if complete else 1.0], device=pdist.get_dist_info().device)
+    complete = not bool(pdist.all_reduce_max(flag)[0])
+    if complete:
+        return cache
+    logger.info("building the teacher-embedding cache in %s", cache_dir)
+    return build_embedding_cache(teacher, dataset, cache_dir, img_size=img_size, batch_size=batch_size,
+                                 resume=True, num_workers=num_workers)
 
 
 def default_cache_dir(teacher_checkpoint: Union[str, Path], cfg: Any) -> Path:

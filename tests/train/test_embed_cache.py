@@ -133,3 +133,17 @@ def test_wrong_teacher_size_or_images_raise(dataset, tmp_path):
     assert encoder_fingerprint(tuned) == encoder_fingerprint(teacher)
     with pytest.raises(FileNotFoundError, match="no embedding cache"):
         EmbeddingCache.open(tmp_path / "nothing")
+
+
+def test_a_stages_own_stale_cache_is_rebuilt_a_named_one_is_not(dataset, tmp_path, caplog):
+    from powersam.train.embed_cache import ensure_embedding_cache
+
+    build_embedding_cache(make_teacher(0), dataset, tmp_path / "cache", batch_size=5, progress=False)
+    new_teacher = make_teacher(1)  # e.g. a demo re-run after the shipped teacher changed
+    with pytest.raises(ValueError, match="made with teacher"):  # a folder the user named: never deleted
+        ensure_embedding_cache(new_teacher, dataset, tmp_path / "cache", IMG, 5, 0)
+    cache = ensure_embedding_cache(new_teacher, dataset, tmp_path / "cache", IMG, 5, 0, rebuild_stale=True)
+    assert "rebuilt" in caplog.text
+    assert cache.index["teacher"]["fingerprint"] == encoder_fingerprint(new_teacher)
+    for image_id, embedding in expected_embeddings(new_teacher, dataset).items():
+        assert torch.allclose(cache[image_id].float(), embedding, atol=2e-3, rtol=2e-3)
