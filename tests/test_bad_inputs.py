@@ -169,6 +169,8 @@ COCO_WARNINGS = {
     "bbox_of_wrong_type": (coco_edit(["annotations", 0, "bbox"], "5 5 20 15"), "invalid_bbox"),
     "annotation_without_bbox": (coco_edit(["annotations", 0, "bbox"], ...), "invalid_bbox"),
     "unknown_category": (coco_edit(["annotations", 0, "category_id"], 7), "unknown_category"),
+    "list_category_id": (coco_edit(["annotations", 0, "category_id"], [1]), "unknown_category"),  # was: unhashable
+    "list_image_id": (coco_edit(["annotations", 0, "image_id"], [1]), "unknown_image_id"),
     "missing_image_file": (coco_edit(["images", 0, "file_name"], "gone.png"), "missing_image_file"),
     "width_as_text": (coco_edit(["images", 0, "width"], "60"), "invalid_image_size"),  # read as 60, warned
     "height_true": (coco_edit(["images", 1, "height"], True), "invalid_image_size"),  # was used as 1 px

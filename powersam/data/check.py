@@ -228,7 +228,7 @@ def check_dataset(
             found.add("duplicate_annotation_id", ann_id)
         ann_ids.add(ann_id)
         image_id = ann.get("image_id")
-        if image_id not in images:
+        if not isinstance(image_id, int) or isinstance(image_id, bool) or image_id not in images:  # list: no hash
             found.add("unknown_image_id", ann_id)
             continue
         annotated.add(image_id)

@@ -208,7 +208,7 @@ class CocoInstances:
                     self.notes.setdefault("duplicate_annotation_id", []).append(ann_id)
                 seen_ann_ids.add(ann_id)
             image_id = ann.get("image_id") if isinstance(ann, dict) else None
-            if image_id not in records:
+            if not isinstance(image_id, int) or isinstance(image_id, bool) or image_id not in records:  # list: no hash
                 self._skip("unknown_image_id", ann_id)
                 continue
             entry = entries.get(image_id)

@@ -139,7 +139,8 @@ def inspect_annotation(
     segmentation is converted to a compressed RLE (polygon parts with fewer than 3 points are dropped).
     """
     check = AnnotationCheck()
-    if ann.get("category_id") not in category_to_label:
+    category = ann.get("category_id")
+    if not isinstance(category, int) or isinstance(category, bool) or category not in category_to_label:
         check.reason, check.detail = "unknown_category", f"category_id {ann.get('category_id')!r} is not in categories"
         return check
     bbox = _number_list(ann.get("bbox"))
