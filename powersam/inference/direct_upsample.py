@@ -26,7 +26,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..masks import CompactMasks
-from .upsample import linear_taps
+from .upsample import linear_taps, taps_window
 
 __all__ = ["composed_axis", "low_res_window", "masks_from_low_res", "threshold_low_res", "threshold_low_res_into"]
 
@@ -70,26 +70,9 @@ def _axes(shape: Sequence[int], input_size: Optional[Sequence[int]], original_si
             composed_axis(shape[1], int(input_size[1]), int(img_size), width))
 
 
-def _touching(first: np.ndarray, last: np.ndarray, low: int, high: int) -> Optional[tuple[int, int]]:
-    """[start, stop) of the outputs whose taps reach into [low, high] (a range: the bands are monotone)."""
-    start = int(np.searchsorted(last, low, side="left"))
-    stop = int(np.searchsorted(first, high, side="right"))
-    return None if start >= stop else (start, stop)
-
-
 def low_res_window(logits: np.ndarray, rows_axis, cols_axis, threshold: float) -> Optional[tuple[int, int, int, int]]:
     """(y0, y1, x0, x1) of the original-frame window outside which the mask is provably ≤ threshold; None: empty."""
-    margin = 0.0 if threshold == 0 else abs(float(threshold)) * 1e-5
-    above = logits > threshold - margin
-    rows = np.flatnonzero(above.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(above.any(axis=0))
-    ys = _touching(rows_axis[1], rows_axis[2], int(rows[0]), int(rows[-1]))
-    xs = _touching(cols_axis[1], cols_axis[2], int(cols[0]), int(cols[-1]))
-    if ys is None or xs is None:
-        return None
-    return ys[0], ys[1], xs[0], xs[1]
+    return taps_window(logits, rows_axis[1:], cols_axis[1:], threshold)
 
 
 def _threshold_window(logits, rows_axis, cols_axis, window, threshold, out, strip_bytes) -> None:

@@ -44,10 +44,29 @@ def linear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np
     return i0, i1, (source - i0).astype(np.float32)
 
 
-def _touching(i0: np.ndarray, i1: np.ndarray, low: int, high: int) -> Optional[tuple[int, int]]:
-    """[first, last + 1) of the outputs with a tap in [low, high] (the taps are non-decreasing, so it is a range)."""
-    hit = np.flatnonzero(((i0 >= low) & (i0 <= high)) | ((i1 >= low) & (i1 <= high)))
-    return None if hit.size == 0 else (int(hit[0]), int(hit[-1]) + 1)
+def _touching(first: np.ndarray, last: np.ndarray, low: int, high: int) -> Optional[tuple[int, int]]:
+    """[start, stop) of the outputs whose taps reach into [low, high] (the taps are non-decreasing: a range)."""
+    start = int(np.searchsorted(last, low, side="left"))
+    stop = int(np.searchsorted(first, high, side="right"))
+    return None if start >= stop else (start, stop)
+
+
+def taps_window(logits: np.ndarray, row_taps: tuple[np.ndarray, np.ndarray], col_taps: tuple[np.ndarray, np.ndarray],
+                threshold: float) -> Optional[tuple[int, int, int, int]]:
+    """(y0, y1, x0, x1) of the output rectangle outside which a linear resampling of ``logits`` (h×w) whose output
+    rows / columns read the input cells ``(first, last)`` of ``row_taps`` / ``col_taps`` is provably ≤ ``threshold``
+    (its weights are non-negative); None when the whole mask is empty."""
+    margin = 0.0 if threshold == 0 else abs(float(threshold)) * 1e-5
+    above = logits > threshold - margin
+    rows = np.flatnonzero(above.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(above.any(axis=0))
+    ys = _touching(row_taps[0], row_taps[1], int(rows[0]), int(rows[-1]))
+    xs = _touching(col_taps[0], col_taps[1], int(cols[0]), int(cols[-1]))
+    if ys is None or xs is None:
+        return None
+    return ys[0], ys[1], xs[0], xs[1]
 
 
 def support_window(
@@ -55,20 +74,9 @@ def support_window(
 ) -> Optional[tuple[int, int, int, int]]:
     """(y0, y1, x0, x1) of the original-frame rectangle outside which the upsampled ``logits`` (h×w, input frame)
     are provably ≤ ``threshold``; None when the whole mask is empty."""
-    margin = 0.0 if threshold == 0 else abs(float(threshold)) * 1e-5
-    above = logits > threshold - margin
-    rows = np.flatnonzero(above.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(above.any(axis=0))
     height, width = int(original_size[0]), int(original_size[1])
-    y0t, y1t, _ = linear_taps(logits.shape[0], height)
-    x0t, x1t, _ = linear_taps(logits.shape[1], width)
-    ys = _touching(y0t, y1t, int(rows[0]), int(rows[-1]))
-    xs = _touching(x0t, x1t, int(cols[0]), int(cols[-1]))
-    if ys is None or xs is None:
-        return None
-    return ys[0], ys[1], xs[0], xs[1]
+    return taps_window(logits, linear_taps(logits.shape[0], height)[:2], linear_taps(logits.shape[1], width)[:2],
+                       threshold)
 
 
 def upsample_to_original(
