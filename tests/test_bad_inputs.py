@@ -164,6 +164,8 @@ COCO_WARNINGS = {
     "image_id_of_wrong_type": (coco_edit(["images", 0, "id"], "one"), "invalid_image_record"),
     "duplicate_image_ids": (coco_edit(["images", 1, "id"], 1), "duplicate_image_id"),
     "duplicate_annotation_ids": (coco_edit(["annotations", 1, "id"], 1), "duplicate_annotation_id"),
+    "annotation_id_as_text": (coco_edit(["annotations", 0, "id"], "a1"), "invalid_annotation_id"),  # was silent
+    "annotation_without_id": (coco_edit(["annotations", 0, "id"], ...), "missing_annotation_id"),
     "annotation_of_a_missing_image": (coco_edit(["annotations", 0, "image_id"], 99), "unknown_image_id"),
     "bbox_with_negative_size": (coco_edit(["annotations", 0, "bbox"], [5, 5, -20, 15]), "invalid_bbox"),
     "bbox_of_wrong_type": (coco_edit(["annotations", 0, "bbox"], "5 5 20 15"), "invalid_bbox"),

@@ -203,9 +203,13 @@ class CocoInstances:
         seen_ann_ids: set = set()
         for index, ann in enumerate(data.get("annotations", [])):
             ann_id = ann.get("id", f"#{index}") if isinstance(ann, dict) else f"#{index}"
-            if isinstance(ann_id, int):  # both kept (they are different objects), but COCO tools index by id
-                if ann_id in seen_ann_ids:
-                    self.notes.setdefault("duplicate_annotation_id", []).append(ann_id)
+            if isinstance(ann, dict) and "id" not in ann:  # kept, numbered -1: say so
+                self.notes.setdefault("missing_annotation_id", []).append(f"#{index}")
+            elif not isinstance(ann_id, int) or isinstance(ann_id, bool):
+                self.notes.setdefault("invalid_annotation_id", []).append(f"#{index} ({ann_id!r})")
+            elif ann_id in seen_ann_ids:  # both kept (they are different objects), but COCO tools index by id
+                self.notes.setdefault("duplicate_annotation_id", []).append(ann_id)
+            if isinstance(ann_id, int):
                 seen_ann_ids.add(ann_id)
             image_id = ann.get("image_id") if isinstance(ann, dict) else None
             if not isinstance(image_id, int) or isinstance(image_id, bool) or image_id not in records:  # list: no hash
@@ -228,6 +232,11 @@ class CocoInstances:
         if "duplicate_annotation_id" in self.notes:
             _warn_records({"duplicate_annotation_id": self.notes["duplicate_annotation_id"]}, str(json_path),
                           "annotation ids used twice (both kept; pycocotools keeps only one per id: renumber them)")
+        unnumbered = {k: self.notes[k] for k in ("missing_annotation_id", "invalid_annotation_id") if k in self.notes}
+        if unnumbered:
+            _warn_records(unnumbered, str(json_path),
+                          "annotations whose id is missing or not an integer (kept, numbered -1: give each an "
+                          "integer id so results can be traced back to them)")
         if "bbox_mask_mismatch" in self.notes:
             _warn_records({"bbox_mask_mismatch": self.notes["bbox_mask_mismatch"]}, str(json_path),
                           f"boxes that do not match their masks (IoU < {MISMATCH_IOU}; is bbox really COCO xywh?)")
