@@ -9,10 +9,6 @@ The teacher comes from `powersam train synth-teacher --config configs/pretrain/s
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,37 +19,7 @@ from powersam.checkpoint import read_powersam_checkpoint
 from powersam.eval.scenes import HELDOUT_SEED, evaluate_on_scenes, format_scene_table
 from powersam.train.teacher import load_teacher
 from powersam.weights import ShippedWeightsError, ship_weights, shipped_teacher_record
-
-
-def training_seconds(metrics_file: Path) -> float:
-    """Σ steps × seconds per step over the train records of ``metrics.jsonl`` (pauses between resumes excluded)."""
-    total, previous = 0.0, 0
-    for line in metrics_file.read_text().splitlines():
-        record = json.loads(line)
-        if record.get("kind") != "train":
-            continue
-        step = int(record["global_step"])
-        total += max(step - previous, 0) * float(record["time"])
-        previous = step
-    return total
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}, " \
-           f"{platform.system()} {platform.machine()}"
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+from powersam.weights.provenance import git_commit, machine, training_seconds
 
 
 def earlier_runs(meta: dict) -> list[dict]:

@@ -19,7 +19,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 from torch import nn
@@ -54,7 +54,10 @@ class EncoderDistillConfig(SamStageConfig):
     teacher_model: Optional[str] = None
     cache_dir: Optional[Path] = None  # default: next to the teacher checkpoint (see default_cache_dir)
     cache_batch_size: int = 8
-    init_checkpoint: Optional[Path] = None  # new-format RepViT ImageNet weights (optional)
+    # A student to adapt instead of random weights: a pre-distilled one of the same architecture (a shipped name such
+    # as synth_powersam_s, or a `powersam train synth-student` output; loaded strictly), or ImageNet RepViT weights
+    # (new format; loaded non-strictly, with a report of what was left at init).
+    init_checkpoint: Optional[Path] = None
     upsample_mode: str = "bicubic"
     copy_decoder_from_teacher: bool = True
     eval_images: int = 0  # held-out (val) images for the embedding MSE before/after training; 0 = skip
@@ -119,6 +122,31 @@ def load_repvit_init(encoder: nn.Module, checkpoint: Path) -> dict[str, Any]:
     return report
 
 
+def init_student_encoder(sam: nn.Module, checkpoint: Union[str, Path], student: str, img_size: int,
+                         upsample_mode: str) -> str:
+    """Start ``sam``'s encoder from ``checkpoint`` instead of random weights; returns a note for the summary.
+
+    A PowerSAM checkpoint (or shipped name) of ``student``'s architecture, e.g. a pre-distilled
+    ``synth_powersam_s``, is loaded strictly (a key diff is an error); one of another architecture is refused
+    (its tensors do not fit); anything else is ImageNet RepViT weights, loaded non-strictly with a report."""
+    from ..checkpoint import read_powersam_checkpoint
+    from ..models.zoo import build_model
+
+    architecture = read_powersam_checkpoint(checkpoint)["model_name"]
+    if architecture is None:
+        report = load_repvit_init(sam.image_encoder, Path(checkpoint))
+        return (f"encoder init from {checkpoint}: {len(report['loaded'])} tensors loaded, "
+                f"{len(report['missing'])} left at init")
+    if architecture != student:
+        raise ValueError(f"init_checkpoint {checkpoint} holds a {architecture} model, but the student is {student}: "
+                         f"pass a {student} checkpoint (shipped: synth_{student}, if it exists), ImageNet RepViT "
+                         "weights, or null to start from random weights")
+    pretrained = build_model(student, checkpoint=checkpoint, img_size=img_size, with_detector=False,
+                             upsample_mode=upsample_mode)
+    sam.image_encoder.load_state_dict(pretrained.image_encoder.state_dict())  # same architecture: strict
+    return f"encoder init from the pre-distilled {student} {checkpoint} (strict)"
+
+
 @torch.no_grad()
 def heldout_embedding_mse(encoder: nn.Module, teacher: nn.Module, dataset: Any, img_size: int,
                           batch_size: int = 8) -> float:
@@ -170,9 +198,7 @@ def distill_encoder(cfg: EncoderDistillConfig, resume: bool = False) -> Path:
     sam = build_model(cfg.student, img_size=cfg.img_size, with_detector=False, upsample_mode=cfg.upsample_mode)
     notes = [f"student {cfg.student} distilled from {getattr(teacher, 'model_name', '?')} ({cfg.teacher_checkpoint})"]
     if cfg.init_checkpoint is not None:
-        report = load_repvit_init(sam.image_encoder, cfg.init_checkpoint)
-        notes.append(f"encoder init from {cfg.init_checkpoint}: {len(report['loaded'])} tensors loaded, "
-                     f"{len(report['missing'])} left at init")
+        notes.append(init_student_encoder(sam, cfg.init_checkpoint, cfg.student, cfg.img_size, cfg.upsample_mode))
     if cfg.copy_decoder_from_teacher:
         copy_decoder(sam, teacher)
         notes.append("prompt encoder and mask decoder copied from the teacher")

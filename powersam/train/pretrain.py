@@ -189,7 +189,7 @@ class OnlineEncoderDistillObjective(nn.Module):
 
 def pretrain_student(cfg: SynthStudentConfig, resume: bool = False) -> Path:
     """Distil ``cfg.student``'s encoder from the teacher on streamed scenes; returns ``<student>_synth.pt``."""
-    from ..checkpoint import read_powersam_checkpoint, save_checkpoint
+    from ..checkpoint import read_powersam_checkpoint
     from ..models.zoo import build_model
     from ..weights import resolve_teacher_checkpoint
     from .distill_encoder import STUDENT_MODELS, copy_decoder
@@ -215,16 +215,56 @@ def pretrain_student(cfg: SynthStudentConfig, resume: bool = False) -> Path:
     objective = OnlineEncoderDistillObjective(sam.image_encoder, teacher.image_encoder)
     trainer = fit_stage(cfg, objective, loader, info, resume, optimizer_model=sam.image_encoder)
     sam.eval()
-    steps = trainer.global_step
-    scenes_used = steps * cfg.batch_size * info.world_size
-    meta = {"stage": "synth_student", "teacher_checkpoint": str(cfg.teacher_checkpoint), "steps": steps,
-            "total_steps": int(previous.get("total_steps", 0)) + steps, "scene_seed": cfg.scene_seed,
-            "scene_offset": cfg.scene_offset, "next_scene_offset": cfg.scene_offset + scenes_used,
-            "img_size": cfg.img_size,
-            "summary": [f"student {cfg.student} distilled {steps} steps on {scenes_used} fresh scenes from "
-                        f"teacher {cfg.teacher_checkpoint}"]}
     path = Path(cfg.output_dir) / f"{cfg.student}_synth.pt"
     if info.is_main:
-        save_checkpoint(path, sam_state_dict(sam), cfg.student,
-                        model_config={"img_size": cfg.img_size, "upsample_mode": cfg.upsample_mode}, meta=meta)
+        save_pretrained_student(path, sam, cfg, trainer.global_step, info.world_size, previous)
+        logger.info("student written to %s", path)
     return path
+
+
+def save_pretrained_student(path: Path, sam: nn.Module, cfg: SynthStudentConfig, steps: int, world_size: int,
+                            previous: dict[str, Any], partial: bool = False) -> Path:
+    """Write a pre-distilled student (a whole SAM: its encoder + the teacher's prompt encoder and mask decoder)
+    whose meta records its steps and the scenes it used; ``previous``: the meta of the student it continued from."""
+    from ..checkpoint import save_checkpoint
+
+    scenes_used = steps * cfg.batch_size * world_size
+    meta = {"stage": "synth_student", "teacher_checkpoint": str(cfg.teacher_checkpoint),
+            "init_checkpoint": cfg.init_checkpoint, "steps": steps,
+            "total_steps": int(previous.get("total_steps", 0)) + steps, "scene_seed": cfg.scene_seed,
+            "scene_offset": cfg.scene_offset, "next_scene_offset": cfg.scene_offset + scenes_used,
+            "img_size": cfg.img_size, "partial": partial,
+            "summary": [f"student {cfg.student} distilled {steps} steps on {scenes_used} fresh scenes from "
+                        f"teacher {cfg.teacher_checkpoint}"
+                        + (f" (stopped before its {cfg.epochs * cfg.iters_per_epoch} steps)" if partial else "")]}
+    return save_checkpoint(path, sam_state_dict(sam), cfg.student,
+                           model_config={"img_size": cfg.img_size, "upsample_mode": cfg.upsample_mode}, meta=meta)
+
+
+def student_from_training_state(run_dir: Path) -> Path:
+    """``run_dir/<student>_synth.pt`` from the ``last.pt`` of an unfinished (or finished) ``synth-student`` run:
+    the trained encoder from the training state, the prompt encoder and mask decoder from its teacher."""
+    from ..checkpoint import read_powersam_checkpoint
+    from ..models.zoo import build_model
+    from ..weights import resolve_teacher_checkpoint
+    from .config import load_config
+    from .distill_encoder import copy_decoder
+
+    run_dir = Path(run_dir)
+    cfg = load_config(run_dir / "config.yaml", SynthStudentConfig)
+    training = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
+    if training.get("format") != "powersam.training_state":
+        raise ValueError(f"{run_dir / 'last.pt'} is not a PowerSAM training state")
+    prefix = "encoder."
+    encoder_state = {k[len(prefix):]: v for k, v in training["model"].items() if k.startswith(prefix)}
+    sam = build_model(cfg.student, img_size=cfg.img_size, with_detector=False, upsample_mode=cfg.upsample_mode)
+    sam.image_encoder.load_state_dict(encoder_state)  # strict: a key diff is an error
+    copy_decoder(sam, load_teacher(None, resolve_teacher_checkpoint(cfg.teacher_checkpoint), img_size=cfg.img_size))
+    sam.eval()
+    previous = {}
+    if cfg.init_checkpoint is not None:
+        previous = read_powersam_checkpoint(resolve_teacher_checkpoint(cfg.init_checkpoint)).get("meta") or {}
+    steps = int(training["global_step"])
+    return save_pretrained_student(run_dir / f"{cfg.student}_synth.pt", sam, cfg, steps,
+                                   int(training.get("world_size", 1)), previous,
+                                   partial=steps < cfg.epochs * cfg.iters_per_epoch)

@@ -6,7 +6,8 @@ import torch
 
 from powersam.checkpoint import read_powersam_checkpoint
 from powersam.train.metrics import read_metrics
-from powersam.train.pretrain import (SynthStudentConfig, SynthTeacherConfig, pretrain_student, pretrain_teacher,
+from powersam.train.pretrain import (OnlineEncoderDistillObjective, SynthStudentConfig, SynthTeacherConfig,
+                                     pretrain_student, pretrain_teacher, student_from_training_state,
                                      teacher_from_training_state)
 from powersam.train.teacher import TeacherObjective
 
@@ -79,13 +80,17 @@ def test_an_interrupted_run_still_yields_a_teacher(tmp_path, monkeypatch):
                                                         for k in payload["state_dict"])
 
 
+def tiny_student_config(teacher, out, **overrides) -> SynthStudentConfig:
+    settings = dict(teacher_checkpoint=str(teacher), img_size=64, scene_height=64, scene_width=80, max_objects=3,
+                    size_jitter=0.0, epochs=3, iters_per_epoch=4, batch_size=2, lr=3e-3, warmup_epochs=0,
+                    num_workers=0, progress=False, plot=False, log_every=1, output_dir=out)
+    settings.update(overrides)
+    return SynthStudentConfig(**settings)
+
+
 def test_student_distillation_on_streamed_scenes_lowers_the_embedding_error(tmp_path):
     teacher = pretrain_teacher(tiny_config(tmp_path / "teacher", epochs=1))
-    cfg = SynthStudentConfig(teacher_checkpoint=str(teacher), img_size=64, scene_height=64, scene_width=80,
-                             max_objects=3, size_jitter=0.0, epochs=3, iters_per_epoch=4, batch_size=2, lr=3e-3,
-                             warmup_epochs=0, num_workers=0, progress=False, plot=False, log_every=1,
-                             output_dir=tmp_path / "student")
-    path = pretrain_student(cfg)
+    path = pretrain_student(tiny_student_config(teacher, tmp_path / "student"))
     payload = read_powersam_checkpoint(path)
     assert payload["model_name"] == "powersam_s" and payload["meta"]["steps"] == 12
     teacher_state = read_powersam_checkpoint(teacher)["state_dict"]
@@ -94,6 +99,54 @@ def test_student_distillation_on_streamed_scenes_lowers_the_embedding_error(tmp_
             assert torch.equal(value, teacher_state[key]), key
     losses = [r["loss"] for r in read_metrics(tmp_path / "student" / "metrics.jsonl")]
     assert sum(losses[-4:]) < sum(losses[:4])
+
+
+def test_an_interrupted_student_run_still_yields_a_strictly_loadable_student(tmp_path, monkeypatch):
+    from powersam.models.zoo import build_model
+
+    teacher = pretrain_teacher(tiny_config(tmp_path / "teacher", epochs=1))
+    forward, calls = OnlineEncoderDistillObjective.forward, []
+
+    def interrupt_at_sixth_step(self, batch):
+        calls.append(1)
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+        return forward(self, batch)
+
+    monkeypatch.setattr(OnlineEncoderDistillObjective, "forward", interrupt_at_sixth_step)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain_student(tiny_student_config(teacher, tmp_path / "student"))
+    path = student_from_training_state(tmp_path / "student")
+    payload = read_powersam_checkpoint(path)
+    meta = payload["meta"]
+    assert meta["stage"] == "synth_student" and meta["steps"] == 5 and meta["partial"]
+    assert meta["next_scene_offset"] == 10
+    training = torch.load(tmp_path / "student" / "last.pt", map_location="cpu", weights_only=True)
+    for key, value in payload["state_dict"].items():  # the trained encoder of the state, the teacher's decoder
+        if key.startswith("image_encoder."):
+            assert torch.equal(value, training["model"]["encoder." + key[len("image_encoder."):]]), key
+    teacher_state = read_powersam_checkpoint(teacher)["state_dict"]
+    assert all(torch.equal(v, teacher_state[k]) for k, v in payload["state_dict"].items() if k.startswith("mask_decoder."))
+    model = build_model(checkpoint=path, img_size=64, with_detector=False)
+    assert model.load_report.loaded == len(model.state_dict()) and not model.load_report.left_at_init
+
+
+def test_stage1_starts_from_a_pre_distilled_student_strictly_and_refuses_another_architecture(tmp_path):
+    from powersam.models.zoo import build_model
+    from powersam.train.distill_encoder import init_student_encoder
+
+    teacher = pretrain_teacher(tiny_config(tmp_path / "teacher", epochs=1))
+    student = pretrain_student(tiny_student_config(teacher, tmp_path / "student", epochs=1))
+    sam = build_model("powersam_s", img_size=64, with_detector=False)
+    note = init_student_encoder(sam, student, "powersam_s", 64, "bicubic")
+    assert "strict" in note
+    expected = read_powersam_checkpoint(student)["state_dict"]
+    assert all(torch.equal(v, expected["image_encoder." + k]) for k, v in sam.image_encoder.state_dict().items())
+    with pytest.raises(ValueError, match="holds a edgesam model, but the student is powersam_s"):
+        init_student_encoder(sam, teacher, "powersam_s", 64, "bicubic")
+    with pytest.raises(ValueError, match="holds a powersam_s model, but the student is powersam_b"):
+        init_student_encoder(build_model("powersam_b", img_size=64, with_detector=False), student, "powersam_b", 64,
+                             "bicubic")
 
 
 def test_sigterm_to_the_whole_process_group_still_saves(tmp_path):
