@@ -79,8 +79,8 @@ def _threshold_window(logits, rows_axis, cols_axis, window, threshold, out, stri
     """Write ``(A_y L A_xᵀ)[window] > threshold`` into the bool array ``out`` (the window's shape).
 
     A Fortran-ordered ``out`` (``out.T`` C-contiguous: column-major, the order run-length encoding reads) gets each
-    block as the transposed product ``A_x (A_y L)ᵀ``, written contiguously: the same products of the same taps,
-    summed in the same order, so the same bits, without a transposing copy of the bool crop afterwards."""
+    block as the transposed product ``A_x (A_y L)ᵀ``, written contiguously, so the crop needs no transposing copy
+    before it is encoded. Same products of the same taps (bit-identical with this BLAS: the tests compare both)."""
     (ay, fy, ly), (ax, fx, lx) = rows_axis, cols_axis
     y0, y1, x0, x1 = window
     column_major = out.ndim == 2 and out.T.flags.c_contiguous and not out.flags.c_contiguous
