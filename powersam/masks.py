@@ -17,7 +17,7 @@ import numpy as np
 
 __all__ = ["CompactMasks", "rle_counts_from_string"]
 
-# Columns encoded per step: bounds the transient of encoding a crop to ~3 bytes × height × this.
+# Columns encoded per step: bounds the transient of encoding a crop to ~2 bytes × height × this (+ the edges).
 _ENCODE_COLUMNS = 1024
 
 
@@ -111,27 +111,13 @@ class CompactMasks:
         crop = np.asarray(crop, dtype=np.bool_)
         if crop.ndim != 2 or y0 < 0 or x0 < 0 or y0 + crop.shape[0] > height or x0 + crop.shape[1] > width:
             raise ValueError(f"a crop of shape {crop.shape} at ({y0}, {x0}) does not fit a {height}×{width} image")
-        rows = np.flatnonzero(crop.any(axis=1))
-        if rows.size == 0:
+        starts, stops, box = _crop_runs(crop, y0, x0, height)
+        if box is None:
             self._counts.append(np.asarray([height * width], dtype=np.uint32))
             self._boxes.append((0, 0, 0, 0))
             return
-        cols = np.flatnonzero(crop.any(axis=0))
-        r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-        tight = crop[r0:r1, c0:c1]
-        top, left = y0 + r0, x0 + c0
-        starts, stops = [], []
-        for c in range(0, tight.shape[1], _ENCODE_COLUMNS):
-            block = tight[:, c : c + _ENCODE_COLUMNS]
-            padded = np.zeros((block.shape[1], block.shape[0] + 2), dtype=np.int8)  # one row per image column
-            padded[:, 1:-1] = block.T
-            col, row = np.nonzero(np.diff(padded, axis=1))  # C order: column by column, top to bottom
-            edge = (left + c + col).astype(np.int64) * height + top + row
-            rising = padded[col, row + 1] == 1
-            starts.append(edge[rising])
-            stops.append(edge[~rising])
-        self._counts.append(_counts_from_runs(np.concatenate(starts), np.concatenate(stops), height * width))
-        self._boxes.append((top, left, top + (r1 - r0), left + (c1 - c0)))
+        self._counts.append(_counts_from_runs(starts, stops, height * width))
+        self._boxes.append(box)
 
     # ------------------------------------------------------------------ access
     def __len__(self) -> int:
@@ -252,3 +238,36 @@ def _counts_from_runs(starts: np.ndarray, stops: np.ndarray, total: int) -> np.n
     if counts.size > 1 and counts[-1] == 0:  # ends inside a run of ones: COCO has no trailing zero count
         counts = counts[:-1]
     return counts.astype(np.uint32)
+
+
+def _crop_runs(crop: np.ndarray, y0: int, x0: int, height: int
+               ) -> tuple[np.ndarray, np.ndarray, Optional[tuple[int, int, int, int]]]:
+    """Runs of ones of an h×w ``bool`` crop placed at (y0, x0) in an image ``height`` rows tall → ``(starts, stops,
+    box)``: int64 column-major image indices [start, stop), in order, not yet merged across columns, and the tight
+    box (y0, x0, y1, x1) of the ones (None: the crop is empty).
+
+    Why this shape: a crop of ``k`` columns is copied column by column into one flat buffer ``[0 | col 0 | 0 | col 1
+    | 0 | …]`` (one False after every column, one before the first), so a single ``!=`` of the buffer against itself
+    shifted by one and one 1-D ``flatnonzero`` find every edge, and the edges alternate start, stop. The 2-D
+    ``nonzero`` of an int8 ``diff`` this replaces cost ~10× more on a noisy full-frame mask, and the tight box comes
+    from the edges instead of two ``any`` passes. A Fortran-ordered crop (what the upsampling writes) is copied
+    contiguously, any other is transposed in the same copy."""
+    h, w = crop.shape
+    starts, stops = [], []
+    r0, r1, c0, c1 = h, 0, w, 0
+    for c in range(0, w, _ENCODE_COLUMNS):
+        k = min(_ENCODE_COLUMNS, w - c)
+        buffer = np.zeros(k * (h + 1) + 1, dtype=np.bool_)
+        buffer[1:].reshape(k, h + 1)[:, :h] = crop[:, c : c + k].T  # one image column per row, then its False
+        edge = np.flatnonzero(buffer[1:] != buffer[:-1])  # index into the k×(h+1) block of the first changed cell
+        if edge.size == 0:
+            continue
+        col, row = np.divmod(edge, h + 1)
+        r0, r1 = min(r0, int(row[0::2].min())), max(r1, int(row[1::2].max()))
+        c0, c1 = min(c0, c + int(col[0])), c + int(col[-1]) + 1
+        index = (x0 + c + col) * height + y0 + row
+        starts.append(index[0::2])
+        stops.append(index[1::2])
+    if not starts:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), None
+    return np.concatenate(starts), np.concatenate(stops), (y0 + r0, x0 + c0, y0 + r1, x0 + c1)

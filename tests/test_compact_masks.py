@@ -72,6 +72,33 @@ def test_append_crop_places_the_crop_and_rejects_what_does_not_fit():
         masks.append_crop(crop, 4, 5)
 
 
+@pytest.mark.parametrize("columns", [3, 1024])
+@pytest.mark.parametrize("image", [(1, 1), (7, 1), (1, 9), (23, 31), (40, 6)])
+def test_append_crop_in_either_memory_order_matches_pycocotools(monkeypatch, image, columns):
+    """The flat-buffer run-length encoder (C- or Fortran-ordered crops, several column blocks when ``columns`` is
+    small): COCO counts of the placed dense mask and its tight box, for noisy, full, empty, border-touching crops."""
+    monkeypatch.setattr("powersam.masks._ENCODE_COLUMNS", columns)
+    rng = np.random.default_rng(sum(image) + columns)
+    height, width = image
+    for trial in range(12):
+        h, w = int(rng.integers(0, height + 1)), int(rng.integers(0, width + 1))
+        y0, x0 = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
+        crop = rng.random((h, w)) < (0.5, 1.0, 0.0, 0.05)[trial % 4]
+        if trial % 4 == 3 and w:  # one full column: touches the crop's top and bottom, runs join across columns
+            crop[:, int(rng.integers(0, w))] = True
+        dense = np.zeros(image, bool)
+        dense[y0 : y0 + h, x0 : x0 + w] = crop
+        want = rle_counts_from_string(mask_utils.encode(np.asfortranarray(dense.astype(np.uint8)))["counts"])
+        rows, cols = np.nonzero(dense)
+        box = (rows.min(), cols.min(), rows.max() + 1, cols.max() + 1) if rows.size else (0, 0, 0, 0)
+        for order in ("C", "F"):
+            masks = CompactMasks(image)
+            masks.append_crop(np.asarray(crop, order=order), y0, x0)
+            np.testing.assert_array_equal(masks.counts(0), want)
+            assert masks.box(0) == tuple(int(v) for v in box)
+            np.testing.assert_array_equal(masks[0], dense)
+
+
 def test_empty_collection():
     masks = CompactMasks((6, 4))
     assert len(masks) == 0 and masks.to_dense().shape == (0, 6, 4) and masks.areas().shape == (0,)

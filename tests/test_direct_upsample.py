@@ -51,6 +51,35 @@ def test_window_is_the_support_and_empty_masks_are_none():
     assert threshold_low_res(np.full((64, 64), -1.0, np.float32), input_size, original, size) is None
 
 
+@pytest.mark.parametrize("square", [64, None])
+@pytest.mark.parametrize("original", [(37, 91), (120, 7), (1, 1), (64, 64)])
+def test_column_major_crop_is_the_row_major_plane_bit_for_bit(original, square):
+    """threshold_low_res writes a Fortran-ordered crop with transposed products (what append_crop encodes without
+    a copy); threshold_low_res_into writes C-ordered planes. Same window, same bits, also strip by strip."""
+    input_size = preprocess_shape(*original, square) if square else None
+    low_res = _logits(4, (6, 16, 16))
+    low_res[0] = -3.0  # empty
+    low_res[1] -= 9  # mostly empty: a small window
+    low_res[2, -2:, :] = 9.0  # along the bottom border
+    low_res[3] = 4.0  # full
+    dense = np.empty((6, 1, *original), dtype=bool)
+    threshold_low_res_into(low_res[:, None], input_size, original, square, 0.0, dense)
+    for i, logits in enumerate(low_res):
+        for strip_bytes in (1, 2**24):  # one output row per strip, or one strip
+            found = threshold_low_res(logits, input_size, original, square, strip_bytes=strip_bytes)
+            if found is None:
+                assert not dense[i, 0].any()
+                continue
+            y0, x0, crop = found
+            assert crop.flags.f_contiguous
+            placed = np.zeros(original, bool)
+            placed[y0 : y0 + crop.shape[0], x0 : x0 + crop.shape[1]] = crop
+            np.testing.assert_array_equal(placed, dense[i, 0])
+    compact = masks_from_low_res(low_res, input_size, original, square)
+    np.testing.assert_array_equal(compact.to_dense(), dense[:, 0])
+    assert compact.empty()[0] and not compact.empty()[3]
+
+
 def test_squashed_input_is_one_resize():
     low_res = _logits(1, (2, 1, 32, 32))
     original = (70, 45)

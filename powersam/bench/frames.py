@@ -28,6 +28,7 @@ INTEGRATED_PARTS = ("preprocess", "encoder", "bbpg", "detect", "decoder", "postp
 DECOUPLED_PARTS = ("preprocess", "det_preprocess", "detector", "detect", "encoder", "decoder", "postprocess")
 GRAPH_PARTS = ("preprocess", "network", "postprocess")
 PROMPT_PARTS = ("preprocess", "encoder", "decoder", "postprocess")
+_OPTIONAL_BACKEND_MEMBERS = ("mask_threshold", "low_res_numpy", "input_logits")
 
 
 class GivenBoxes:
@@ -66,6 +67,15 @@ class GivenBoxes:
 
     def upsample(self, low_res: Any, input_size: tuple[int, int], original_size: tuple[int, int]) -> np.ndarray:
         return self.backend.upsample(low_res, input_size, original_size)
+
+    def __getattr__(self, name: str) -> Any:
+        # The optional backend members the pipeline looks for (detect.DetectBackend) are the wrapped backend's.
+        # Without them compact_masks fell back to `upsample`, full-frame planes per mask that predict() never runs
+        # (the two-step PyTorch resize of a whole 1080×1920 frame, ~30 ms a mask), and that is what the torch rows
+        # timed as postprocess.
+        if name in _OPTIONAL_BACKEND_MEMBERS:
+            return getattr(self.backend, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
 
 def detect_frame(backend: DetectBackend, info: dict[str, Any], conf: Optional[float] = None,

@@ -76,9 +76,14 @@ def low_res_window(logits: np.ndarray, rows_axis, cols_axis, threshold: float) -
 
 
 def _threshold_window(logits, rows_axis, cols_axis, window, threshold, out, strip_bytes) -> None:
-    """Write ``(A_y L A_xᵀ)[window] > threshold`` into the bool array ``out`` (the window's shape)."""
+    """Write ``(A_y L A_xᵀ)[window] > threshold`` into the bool array ``out`` (the window's shape).
+
+    A Fortran-ordered ``out`` (``out.T`` C-contiguous: column-major, the order run-length encoding reads) gets each
+    block as the transposed product ``A_x (A_y L)ᵀ``, written contiguously, so the crop needs no transposing copy
+    before it is encoded. Same products of the same taps (bit-identical with this BLAS: the tests compare both)."""
     (ay, fy, ly), (ax, fx, lx) = rows_axis, cols_axis
     y0, y1, x0, x1 = window
+    column_major = out.ndim == 2 and out.T.flags.c_contiguous and not out.flags.c_contiguous
     step = max(1, int(strip_bytes) // (4 * (2 * (x1 - x0) + logits.shape[1])))
     for r0 in range(y0, y1, step):
         r1 = min(r0 + step, y1)
@@ -88,8 +93,12 @@ def _threshold_window(logits, rows_axis, cols_axis, window, threshold, out, stri
         for u0 in range(x0, x1, COLUMN_BLOCK):
             u1 = min(u0 + COLUMN_BLOCK, x1)
             e, f = int(fx[u0]), int(lx[u1 - 1]) + 1
-            values = rows[:, e - c : f - c] @ ax[u0:u1, e:f].T
-            np.greater(values, threshold, out=out[r0 - y0 : r1 - y0, u0 - x0 : u1 - x0])
+            if column_major:
+                values = ax[u0:u1, e:f] @ rows[:, e - c : f - c].T  # block × strip
+                np.greater(values, threshold, out=out.T[u0 - x0 : u1 - x0, r0 - y0 : r1 - y0])
+            else:
+                values = rows[:, e - c : f - c] @ ax[u0:u1, e:f].T  # strip × block
+                np.greater(values, threshold, out=out[r0 - y0 : r1 - y0, u0 - x0 : u1 - x0])
 
 
 def threshold_low_res(
@@ -97,7 +106,8 @@ def threshold_low_res(
     img_size: Optional[int], threshold: float = 0.0, strip_bytes: int = STRIP_BYTES,
 ) -> Optional[tuple[int, int, np.ndarray]]:
     """One mask's s×s low-res logits → ``(y0, x0, bool crop)`` of the two-step upsampled mask ``> threshold``,
-    False outside the crop; None when the mask is empty (see the module doc)."""
+    False outside the crop; None when the mask is empty (see the module doc). The crop (window height × width) is
+    Fortran-ordered, the column-major order :meth:`~powersam.masks.CompactMasks.append_crop` encodes."""
     logits = np.asarray(logits, dtype=np.float32)
     if logits.ndim != 2:
         raise ValueError(f"logits must be s×s; got shape {logits.shape}")
@@ -106,7 +116,8 @@ def threshold_low_res(
     if window is None:
         return None
     y0, y1, x0, x1 = window
-    crop = np.empty((y1 - y0, x1 - x0), dtype=np.bool_)
+    # Column-major (Fortran-ordered): CompactMasks.append_crop encodes column by column, so it reads this as is.
+    crop = np.empty((x1 - x0, y1 - y0), dtype=np.bool_).T
     _threshold_window(logits, rows_axis, cols_axis, window, threshold, crop, strip_bytes)
     return y0, x0, crop
 

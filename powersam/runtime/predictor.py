@@ -13,6 +13,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from ..inference.direct_upsample import threshold_low_res_into
 from ..inference.prompts import PromptPipeline
 from ..inference.timing import StageTimer
 from .metadata import HIGH_RES_NAMES
@@ -128,6 +129,11 @@ class OnnxSamPredictor(PromptPipeline):
         return self._decode(coords, labels, mask_input, multimask_output)
 
     def _upsample_into(self, low_res: np.ndarray, out: np.ndarray, return_logits: bool) -> None:
+        if not return_logits:  # bool masks straight into `out`, as SamPredictor does: no second N×C×H×W array + copy
+            square = None if self.resize_mode == "squash" else self.img_size
+            threshold_low_res_into(np.asarray(low_res, dtype=np.float32), self._input_size, self._original_size,
+                                   square, float(self.mask_threshold), out)
+            return
         out[...] = self._upsample(low_res, return_logits)
 
     def _num_outputs(self, multimask_output: Union[bool, int]) -> int:

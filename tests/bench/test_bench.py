@@ -122,6 +122,35 @@ def test_bench_frames_are_the_shared_pipeline_calls(tmp_path, monkeypatch):
     assert calls == [("GivenBoxes", None)] and record["boxes_decoded"] == 2
 
 
+def test_given_boxes_passes_on_the_backends_mask_path():
+    """GivenBoxes exposes the wrapped backend's optional mask members, so a bench frame post-processes its masks
+    the way predict() does (composed pass from low_res_numpy), not through the full-frame `upsample` fallback."""
+    from powersam.bench.frames import GivenBoxes
+    from powersam.inference.detect import compact_masks
+
+    class Backend:
+        class_names = ["a"]
+        mask_threshold = 0.5
+
+        def low_res_numpy(self, low_res):
+            return np.asarray(low_res, np.float32)[:, 0], 16
+
+        def upsample(self, *args):
+            raise AssertionError("the full-frame fallback ran")
+
+    class Plain:
+        class_names = ["a"]
+
+    given = GivenBoxes(Backend(), 1, lambda n, size: np.zeros((n, 4)))
+    assert given.mask_threshold == 0.5 and callable(given.low_res_numpy)
+    assert not hasattr(GivenBoxes(Plain(), 1, lambda n, size: np.zeros((n, 4))), "low_res_numpy")
+    low_res = np.full((3, 1, 4, 4), -1.0, np.float32)
+    low_res[1, 0, 1:3, 1:3] = 0.25  # set with threshold 0 (the pipeline's default), empty with the backend's 0.5
+    low_res[2, 0, 1:3, 1:3] = 0.75
+    masks = compact_masks(given, low_res, (16, 12), (30, 22))
+    assert masks.empty().tolist() == [True, True, False]
+
+
 def test_prompt_pipeline_times_its_four_stages():
     from powersam.inference.timing import StageTimer
     from powersam.models.zoo import build_model
