@@ -29,7 +29,8 @@ SAM_STAGES: dict[str, tuple[str, str, str, str, str]] = {
 }
 CACHE_HELP = "store the teacher's image embeddings on disk (float16, memory-mapped, resumable)"
 BBPG_HELP = "stage 3: train the box-prompt generator on the frozen backbone"
-STAGE_ORDER = ("teacher", "synth-teacher", "synth-student", "cache", "encoder", "decoder", "bbpg")
+SYNTH_DETECTOR_HELP = "pretrain the box-prompt generator on a frozen pre-distilled backbone, on scenes rendered on the fly"
+STAGE_ORDER = ("teacher", "synth-teacher", "synth-student", "synth-detector", "cache", "encoder", "decoder", "bbpg")
 
 
 def stage_command(module: str, function: str, config: str, what: str) -> Command:
@@ -55,11 +56,23 @@ def add_bbpg_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
 def run_bbpg(args: argparse.Namespace) -> int:
     """Entry point of ``powersam train bbpg``; prints the final checkpoint's path."""
     from ..train.bbpg import BBPGConfig, train_bbpg
+
+    return _run_detector_stage(args, BBPGConfig, train_bbpg)
+
+
+def run_synth_detector(args: argparse.Namespace) -> int:
+    """Entry point of ``powersam train synth-detector``; prints the final checkpoint's path."""
+    from ..train.pretrain_detector import SynthDetectorConfig, pretrain_detector
+
+    return _run_detector_stage(args, SynthDetectorConfig, pretrain_detector)
+
+
+def _run_detector_stage(args: argparse.Namespace, config: type, train: Callable[..., Path]) -> int:
     from ..train.distributed import cleanup, is_main
 
-    cfg = config_from_args(args, BBPGConfig)
+    cfg = config_from_args(args, config)
     try:
-        final = train_bbpg(cfg, resume=bool(args.resume))
+        final = train(cfg, resume=bool(args.resume))
         if is_main():
             print(final)
     finally:
@@ -152,6 +165,8 @@ def register(sub: Any) -> None:
             help_text, add, run = CACHE_HELP, add_cache_arguments, run_cache
         elif name == "bbpg":
             help_text, add, run = BBPG_HELP, add_bbpg_arguments, run_bbpg
+        elif name == "synth-detector":
+            help_text, add, run = SYNTH_DETECTOR_HELP, add_bbpg_arguments, run_synth_detector
         else:
             help_text, module, function, config, what = SAM_STAGES[name]
             add, run = add_stage_arguments, stage_command(module, function, config, what)

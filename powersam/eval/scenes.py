@@ -22,9 +22,15 @@ class SceneSet(list):
 
     has_masks = True
 
-    def __init__(self, samples: Sequence[Any], class_names: Sequence[str]) -> None:
+    def __init__(self, samples: Sequence[Any], class_names: Sequence[str], load_masks: bool = True) -> None:
         super().__init__(samples)
         self.class_names = list(class_names)
+        self.load_masks = load_masks  # False: detection evaluation scores boxes only
+
+    @property
+    def category_ids(self) -> list[int]:
+        """COCO category id of each class (1, 2, …, as the generated datasets number them)."""
+        return list(range(1, len(self.class_names) + 1))
 
     @property
     def image_ids(self) -> list[int]:

@@ -41,8 +41,8 @@ from .engine import Trainer
 from .schedule import QuadraticWarmupCosineConstant, build_optimizer
 from .yolox_loss import YOLOXLoss
 
-__all__ = ["BBPGConfig", "BBPGTrainer", "BoxDetector", "build_bbpg_schedule", "load_backbone_model",
-           "recompute_bn_statistics", "set_epoch_mode", "train_bbpg"]
+__all__ = ["BBPGConfig", "BBPGTrainer", "BoxDetector", "build_bbpg_schedule", "fit_bbpg", "load_backbone_model",
+           "load_box_generator", "recompute_bn_statistics", "set_epoch_mode", "train_bbpg"]
 
 logger = logging.getLogger("powersam.train.bbpg")
 
@@ -62,6 +62,9 @@ class BBPGConfig:
     class_names: Optional[list[str]] = None  # default: the dataset's; a superset is allowed
     model: Optional[str] = None  # zoo name; default: recorded in the backbone checkpoint, else powersam_s
     backbone_checkpoint: Optional[Path] = None  # stage-2 checkpoint or official powersam_*.pth; None = random
+    # A box generator to start from instead of a new one: an integrated checkpoint of the same model and classes
+    # (e.g. the shipped synth_powersam_s, pretrained on generated scenes); None = a freshly initialised head.
+    head_checkpoint: Optional[Path] = None
     img_size: Optional[int] = None  # default: recorded in the checkpoint, else 1024
     epochs: int = 300
     batch_size: int = 8  # per process
@@ -104,9 +107,9 @@ class BBPGConfig:
     plot: bool = True
     progress: bool = True
 
-    def validate(self) -> None:
+    def validate(self, needs_data: bool = True) -> None:
         """Raise ``ValueError`` naming the first inconsistent setting."""
-        if self.data is None:
+        if needs_data and self.data is None:
             raise ValueError("BBPGConfig.data is required: a COCO dataset folder or annotation JSON")
         for name in ("epochs", "batch_size", "log_every", "checkpoint_every"):
             if getattr(self, name) < 1:
@@ -189,6 +192,23 @@ def load_backbone_model(
         logger.warning("%s has no %s weights: they stay random, so the saved model's masks are meaningless until "
                        "they are loaded from a SAM-side checkpoint", source, " / ".join(absent))
     return model
+
+
+def load_box_generator(model: nn.Module, checkpoint: Path, class_names: list[str]) -> None:
+    """Start ``model.box_generator`` from the one in ``checkpoint`` (strictly): same model, same class names."""
+    payload = ckpt_io.read_powersam_checkpoint(checkpoint)
+    if payload.get("model_name") not in (None, model.model_name):
+        raise ValueError(f"head_checkpoint {checkpoint} holds a {payload['model_name']} model, not {model.model_name}")
+    saved = payload.get("class_names")
+    if saved is not None and list(saved) != list(class_names):
+        raise ValueError(f"head_checkpoint {checkpoint} was trained for classes {list(saved)}, not {list(class_names)}"
+                         ": its class scores would be read as the wrong classes (set class_names to match, or "
+                         "head_checkpoint: null)")
+    prefix = "box_generator."
+    state = {k[len(prefix):]: v for k, v in payload["state_dict"].items() if k.startswith(prefix)}
+    if not state:
+        raise ValueError(f"head_checkpoint {checkpoint} holds no box generator (no '{prefix}*' weights)")
+    ckpt_io.load_state_dict_strict(model.box_generator, state, source=str(checkpoint))
 
 
 def build_bbpg_schedule(cfg: BBPGConfig, iters_per_epoch: int) -> QuadraticWarmupCosineConstant:
@@ -305,14 +325,24 @@ def train_bbpg(cfg: BBPGConfig, resume: bool = False) -> Path:
     the same. Under torchrun each process trains on its shard of the data (DDP over the box generator only).
     """
     cfg.validate()
+    train_source, val_source = _datasets(cfg)
+    return fit_bbpg(cfg, train_source, val_source, resume)
+
+
+def fit_bbpg(cfg: BBPGConfig, train_source: Any, val_source: Any, resume: bool = False,
+             sampler: Optional[Any] = None, meta: Optional[dict[str, Any]] = None) -> Path:
+    """Stage 3 on ``train_source`` (a dataset of samples with boxes and labels, e.g. ``CocoInstances`` or a
+    stream of generated scenes) with box AP on ``val_source`` (None: none); ``sampler``: the order of training
+    indices (default: a shuffled shard of the whole dataset each epoch); ``meta`` is added to the checkpoint's."""
     info = init_distributed(use_cuda=None if cfg.device is None else cfg.device.startswith("cuda"))
     device = torch.device(cfg.device) if cfg.device is not None and not info.distributed else info.device
     torch.manual_seed(cfg.seed)  # the head's initialisation (DDP broadcasts rank 0's anyway)
 
-    train_source, val_source = _datasets(cfg)
     class_names = list(cfg.class_names) if cfg.class_names is not None else list(train_source.class_names)
     label_map = label_mapping(train_source.class_names, class_names)
     model = load_backbone_model(cfg.model, cfg.backbone_checkpoint, cfg.img_size, class_names)
+    if cfg.head_checkpoint is not None:
+        load_box_generator(model, cfg.head_checkpoint, class_names)
     img_size = int(model.img_size)
     model.requires_grad_(False)
     model.box_generator.requires_grad_(True)
@@ -321,7 +351,8 @@ def train_bbpg(cfg: BBPGConfig, resume: bool = False) -> Path:
 
     augment = _make_augment(cfg, img_size)
     dataset = BBPGDataset(train_source, img_size, augment, label_map, seed=cfg.seed, min_box_size=cfg.min_box_size)
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=ShardSampler(len(dataset), seed=cfg.seed),
+    sampler = sampler if sampler is not None else ShardSampler(len(dataset), seed=cfg.seed)
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
                         num_workers=cfg.num_workers, collate_fn=collate_bbpg, pin_memory=device.type == "cuda",
                         worker_init_fn=ignore_stop_signals)
 
@@ -368,7 +399,8 @@ def train_bbpg(cfg: BBPGConfig, resume: bool = False) -> Path:
     if info.is_main:
         meta = {"stage": "bbpg", "epochs": trainer.epoch, "global_step": trainer.global_step,
                 "backbone_checkpoint": None if cfg.backbone_checkpoint is None else str(cfg.backbone_checkpoint),
-                "ema": cfg.ema, "config": config_to_dict(cfg)}
+                "head_checkpoint": None if cfg.head_checkpoint is None else str(cfg.head_checkpoint),
+                "ema": cfg.ema, "config": config_to_dict(cfg), **(meta or {})}
         if evaluator is not None:
             scores = evaluator(model.box_generator)
             trainer.log_metrics({f"val_{k}": v for k, v in scores.items() if v is not None})
