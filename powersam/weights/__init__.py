@@ -86,7 +86,7 @@ def shipped_payload(name: str = "synth") -> dict[str, Any]:
     path = verified_shipped_path(name)
     record = shipped_teacher_record(name)
     return {"format": "powersam", "format_version": 1, "model_name": record["model"], "model_config": {},
-            "state_dict": load_file(str(path), device="cpu"), "class_names": None,
+            "state_dict": load_file(str(path), device="cpu"), "class_names": record.get("class_names"),
             "meta": {"stage": record.get("stage", "teacher"), "shipped": name, "from_scratch": False, **record}}
 
 
@@ -114,7 +114,8 @@ def ship_weights(checkpoint: Union[str, Path], record: dict[str, Any], name: str
     save_file(state, str(temporary), metadata={"model": payload["model_name"], "format": "powersam-shipped"})
     os.chmod(temporary, 0o644)
     os.replace(temporary, weights)
-    full = {**record, "model": payload["model_name"], "file": weights.name, "dtype": "float16",
+    full = {**record, "model": payload["model_name"], "class_names": payload.get("class_names"),
+            "file": weights.name, "dtype": "float16",
             "bytes": weights.stat().st_size, "sha256": sha256_file(weights)}
     record_path.write_text(json.dumps(full, indent=2) + "\n", encoding="utf-8")
     _VERIFIED.pop(weights, None)

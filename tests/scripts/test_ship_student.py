@@ -47,3 +47,33 @@ def test_a_teacher_is_not_shipped_as_a_student(tiny_student, tmp_path, monkeypat
     assert load_script("ship_student").main() == 1
     assert "not written by `powersam train synth-student`" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_a_pretrained_head_turns_the_shipped_student_into_the_integrated_model(tiny_student, tmp_path, monkeypatch):
+    from powersam.data.synth_scene import SYNTH_CLASSES
+    from powersam.train.pretrain_detector import SynthDetectorConfig, pretrain_detector
+
+    monkeypatch.setattr(weights, "_FOLDER", tmp_path)
+    monkeypatch.setattr(sys, "argv", ["ship_student.py", str(tiny_student), "--command", "x", "--scenes", "1",
+                                      "--img-sizes", "64"])
+    assert load_script("ship_student").main() == 0
+    head = pretrain_detector(SynthDetectorConfig(
+        backbone_checkpoint="synth_powersam_s", output_dir=tmp_path / "detector", epochs=1, warmup_epochs=0,
+        no_aug_epochs=0, val_scenes=0, precise_bn_batches=0,
+        **{k: v for k, v in TINY.items() if k not in ("epochs", "warmup_epochs")}))
+    monkeypatch.setattr(sys, "argv", ["ship_detector.py", str(head), "--command", "powersam train synth-detector",
+                                      "--scenes", "2"])
+    assert load_script("ship_detector").main() == 0
+    record = weights.shipped_teacher_record("synth_powersam_s")
+    assert record["class_names"] == list(SYNTH_CLASSES) and record["detector"]["steps"] == 2
+    assert record["total_steps"] == 2 and "bbox" in record["detector"]["heldout"]  # the student's part is kept
+    model = build_model(checkpoint="synth_powersam_s", img_size=64)
+    assert model.class_names == list(SYNTH_CLASSES)
+    assert model.load_report.loaded == len(model.state_dict()) and not model.load_report.left_at_init
+
+
+def test_a_head_on_another_backbone_is_not_shipped(tiny_student, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(weights, "_FOLDER", tmp_path)
+    monkeypatch.setattr(sys, "argv", ["ship_detector.py", str(tiny_student), "--command", "x"])
+    assert load_script("ship_detector").main() == 1
+    assert "not a `powersam train synth-detector` head" in capsys.readouterr().err
