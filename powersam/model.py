@@ -287,7 +287,8 @@ def _is_exported(path: Path) -> bool:
         (path / f"{stem}{ext}").is_file() for stem in (INTEGRATED_NAME, ENCODER_NAME) for ext in _EXPORTED_SUFFIXES))
 
 
-def _open_exported(paths: list[Path], providers: Any, threads: Optional[int]) -> Model:
+def _open_exported(paths: list[Path], providers: Any, threads: Optional[int],
+                   spinning: Optional[bool] = None) -> Model:
     """Exported graphs/engines (any of: integrated, encoder, decoder; a missing partner is found beside its half)."""
     from .runtime import GraphSession, OnnxPowerSAM, OnnxSamPredictor
 
@@ -295,12 +296,14 @@ def _open_exported(paths: list[Path], providers: Any, threads: Optional[int]) ->
     if len(engines) > 1:
         raise ValueError("mix of .onnx graphs and .engine files; load one kind")
     if engines == {True}:
+        if spinning is not None:  # an engine has no ORT thread pool: saying so beats ignoring the request
+            raise ValueError("spinning applies to ONNX Runtime sessions (.onnx graphs), not to TensorRT engines")
         from .deploy.tensorrt import TensorRTSession
 
         open_session, backend = TensorRTSession, "tensorrt"
     else:
         def open_session(path: Path) -> Any:
-            return GraphSession(path, providers, threads)
+            return GraphSession(path, providers, threads, spinning)
         backend = "onnx"
     sessions = [open_session(p) for p in paths]
     by_kind: dict[str, Any] = {}
@@ -350,6 +353,7 @@ def load(
     device: Optional[str] = None,
     providers: Any = None,
     threads: Optional[int] = None,
+    spinning: Optional[bool] = None,
     **build_options: Any,
 ) -> Model:
     """Open any PowerSAM model as a :class:`Model` (see the module doc for what ``source`` may be).
@@ -358,6 +362,8 @@ def load(
         name: zoo name for an official checkpoint file (PowerSAM checkpoints record theirs).
         device: PyTorch device (default: cuda when available, else cpu).
         providers / threads: ONNX Runtime execution providers (default CPU) and intra-op threads.
+        spinning: ONNX Runtime's worker threads busy-wait after a run (True) or sleep (False); None: ORT's default.
+            Exported ``.onnx`` models only (see :class:`powersam.runtime.GraphSession` for why it matters).
         build_options: passed to :func:`powersam.build_model` (``img_size``, ``class_names``, ``conf``, ``iou``,
             ``max_det``, ``detector_checkpoint``, ...).
     """
@@ -365,10 +371,11 @@ def load(
         paths = [Path(p) for p in source]
         if not paths or not all(p.suffix.lower() in _EXPORTED_SUFFIXES for p in paths):
             raise ValueError(f"a list source must hold exported .onnx/.engine files; got {list(source)}")
-        return _open_exported(paths, providers, threads)
+        return _open_exported(paths, providers, threads, spinning)
     if not isinstance(source, (str, Path)):  # a built nn.Module
         if not hasattr(source, "image_encoder"):
             raise TypeError(f"source must be a name, a path or a PowerSAM/SAM module; got {type(source).__name__}")
+        _no_spinning(spinning)
         return _torch_model(_to_device(source, device), type(source).__name__)
     path = Path(source)
     if _is_exported(path) or path.is_dir():  # a folder is never a checkpoint: an export or no model at all
@@ -378,7 +385,8 @@ def load(
                              "(use providers= for ONNX Runtime)")
         if not path.exists():
             raise FileNotFoundError(f"exported model not found: '{path}'")
-        return _open_exported(_exported_files(path), providers, threads)
+        return _open_exported(_exported_files(path), providers, threads, spinning)
+    _no_spinning(spinning)
     from .models.zoo import build_model, list_models
 
     if path.is_file():
@@ -392,6 +400,13 @@ def load(
     else:
         raise FileNotFoundError(f"{source!r} is neither a file nor a zoo name ({', '.join(list_models())})")
     return _torch_model(_to_device(module, device), str(source))
+
+
+def _no_spinning(spinning: Optional[bool]) -> None:
+    # A PyTorch model has no ONNX Runtime pool; ignoring the request would let a user believe it took effect.
+    if spinning is not None:
+        raise ValueError("spinning applies to exported ONNX models (ONNX Runtime's thread pool); a PyTorch model "
+                         "runs on torch's threads")
 
 
 def _to_device(module: Any, device: Optional[str]) -> Any:

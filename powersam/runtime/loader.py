@@ -35,6 +35,7 @@ def load(
     path_or_paths: Union[PathLike, Sequence[PathLike]],
     providers: Optional[Sequence[ProviderSpec] | ProviderSpec] = None,
     threads: Optional[int] = None,
+    spinning: Optional[bool] = None,
 ):
     """Open exported PowerSAM graphs for inference, by the kind recorded in their metadata.
 
@@ -44,8 +45,10 @@ def load(
             ``decoder.onnx``, or the two paths → :class:`~powersam.runtime.OnnxSamPredictor`.
         providers: execution providers (default CPU); see :func:`resolve_providers`.
         threads: intra-op threads per session (default: ONNX Runtime's choice, all cores).
+        spinning: ORT worker threads busy-wait after a run (True) or sleep (False); None: ONNX Runtime's default.
+            See :class:`~powersam.runtime.GraphSession` for why it matters (with more than one thread).
     """
-    sessions = [GraphSession(p, providers, threads) for p in _pair_paths(path_or_paths)]
+    sessions = [GraphSession(p, providers, threads, spinning) for p in _pair_paths(path_or_paths)]
     if len(sessions) == 1:
         only = sessions[0]
         kind = only.metadata.graph
@@ -56,7 +59,7 @@ def load(
             raise FileNotFoundError(
                 f"{only.path} is the {kind} of an interactive pair; its partner {partner} is missing"
             )
-        sessions.append(GraphSession(partner, providers, threads))
+        sessions.append(GraphSession(partner, providers, threads, spinning))
     by_kind = {s.metadata.graph: s for s in sessions}
     if set(by_kind) != {"encoder", "decoder"}:
         kinds = [s.metadata.graph for s in sessions]

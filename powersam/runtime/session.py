@@ -16,7 +16,7 @@ from .metadata import GraphMetadata
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GraphSession", "device_provider", "resolve_providers"]
+__all__ = ["GraphSession", "SPINNING_KEYS", "check_spinning", "device_provider", "resolve_providers"]
 
 PathLike = Union[str, Path]
 ProviderSpec = Union[str, tuple[str, dict[str, Any]]]
@@ -97,6 +97,20 @@ def resolve_providers(providers: Optional[Sequence[ProviderSpec] | ProviderSpec]
     return resolved
 
 
+# The session config entries ``spinning`` sets. Intra-op: the pool that runs one operator on several threads (the
+# one that matters; PowerSAM runs graphs sequentially). Inter-op: the pool of the parallel execution mode, set too so
+# that ``spinning=False`` means no ORT worker of this session spins, whatever mode a later change picks.
+SPINNING_KEYS = ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning")
+
+
+def check_spinning(spinning: Any, option: str = "spinning") -> Optional[bool]:
+    """``spinning`` if it is True, False or None, else ValueError naming ``option`` (the caller's name for it)."""
+    if spinning is None or isinstance(spinning, bool):
+        return spinning
+    raise ValueError(f"{option} must be True (spin), False (sleep) or None (ONNX Runtime's default), "
+                     f"got {spinning!r}")
+
+
 def _warn_if_saturating(path: Path, props: dict[str, str]) -> None:
     """Warn when a uint8-activation INT8 graph with full 8-bit weights runs on an x86 CPU without VNNI (its
     products saturate in 16 bits there; measured: embedding cosine 0.75 against FP32 on an AVX2 EPYC)."""
@@ -108,16 +122,29 @@ def _warn_if_saturating(path: Path, props: dict[str, str]) -> None:
 
 
 class GraphSession:
-    """One ONNX Runtime session and the PowerSAM metadata of its graph."""
+    """One ONNX Runtime session and the PowerSAM metadata of its graph.
+
+    Args:
+        path: the exported ``.onnx`` file.
+        providers: execution providers (default CPU); see :func:`resolve_providers`.
+        threads: intra-op threads (default: ONNX Runtime's choice, all cores).
+        spinning: whether ORT's worker threads busy-wait for work after a run (``True``) or sleep (``False``);
+            ``None`` leaves ONNX Runtime's default (spinning on). Spinning saves the wake-up latency between
+            operators, but the spinning threads keep their cores busy after ``run`` returns, which can slow the
+            NumPy/OpenCV work that follows (mask post-processing) or other processes on a shared machine
+            (docs/speed_profile.md, rounds two and four). No effect with one thread (no pool to spin).
+    """
 
     def __init__(
         self,
         path: PathLike,
         providers: Optional[Sequence[ProviderSpec] | ProviderSpec] = None,
         threads: Optional[int] = None,
+        spinning: Optional[bool] = None,
     ) -> None:
         ort = _ort()
         self.path = Path(path)
+        self.spinning = check_spinning(spinning)
         if not self.path.is_file():
             raise FileNotFoundError(f"no ONNX file at {self.path}")
         options = ort.SessionOptions()
@@ -126,6 +153,9 @@ class GraphSession:
                 raise ValueError(f"threads must be a positive integer, got {threads}")
             options.intra_op_num_threads = int(threads)
             options.inter_op_num_threads = 1
+        if spinning is not None:  # None: no entry at all, so ORT's own default (and any future change of it) holds
+            for key in SPINNING_KEYS:
+                options.add_session_config_entry(key, "1" if spinning else "0")
         resolved = resolve_providers(providers)  # a missing provider is not a damaged file: its own error
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=resolved)

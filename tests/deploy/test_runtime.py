@@ -235,6 +235,36 @@ def test_load_dispatches_on_the_recorded_graph_kind(exported, tmp_path):
         GraphSession(exported["integrated"], threads=0)
 
 
+def _spinning_entries(session: GraphSession) -> dict:
+    """The session's allow_spinning config entries as ORT holds them (None: never set; ORT raises for those)."""
+    from powersam.runtime.session import SPINNING_KEYS
+
+    options, found = session.session.get_session_options(), {}
+    for key in SPINNING_KEYS:
+        try:
+            found[key] = options.get_session_config_entry(key)
+        except RuntimeError:  # "SessionOptions does not have configuration with key"
+            found[key] = None
+    return found
+
+
+def test_spinning_reaches_the_ort_session_and_none_leaves_ort_s_default(model, exported):
+    import powersam
+
+    default = GraphSession(exported["integrated"], threads=2)
+    assert default.spinning is None and set(_spinning_entries(default).values()) == {None}
+    assert set(_spinning_entries(GraphSession(exported["integrated"], threads=2, spinning=False)).values()) == {"0"}
+    pair = rt.load(exported["folder"], threads=2, spinning=True)  # both halves, the partner found by name too
+    assert [set(_spinning_entries(s).values()) for s in (pair.encoder, pair.decoder)] == [{"1"}, {"1"}]
+    loaded = powersam.load(exported["integrated"], threads=2, spinning=False)  # the Model's ONNX backend
+    assert set(_spinning_entries(loaded.detector.session).values()) == {"0"}
+    for bad in ("off", 0, 1.0):
+        with pytest.raises(ValueError, match="spinning must be True"):
+            GraphSession(exported["integrated"], spinning=bad)
+    with pytest.raises(ValueError, match="spinning applies to exported ONNX models"):
+        powersam.load(model, spinning=True)
+
+
 def test_providers_default_to_cpu_and_missing_ones_are_explained():
     assert rt.resolve_providers() == ["CPUExecutionProvider"]
     assert rt.resolve_providers("cpu") == ["CPUExecutionProvider"]
