@@ -29,3 +29,24 @@ def config_from_args(args: argparse.Namespace, cls: type[T]) -> T:
 
     cfg = load_config(args.config, cls) if args.config is not None else cls()
     return apply_overrides(cfg, args.overrides) if args.overrides else cfg
+
+
+# ``--ort-spinning``: ONNX Runtime's worker threads busy-wait after a run (on) or sleep (off); see
+# powersam.runtime.GraphSession. "default" (or leaving the option out) keeps ORT's own default.
+SPINNING_WORDS = {"on": True, "off": False, "default": None}
+
+
+def ort_spinning(text: str) -> bool | None:
+    """argparse type of ``--ort-spinning on|off|default`` → True / False / None (ORT's default)."""
+    word = text.strip().lower()
+    if word not in SPINNING_WORDS:
+        raise argparse.ArgumentTypeError(f"expected on, off or default, got {text!r}")
+    return SPINNING_WORDS[word]
+
+
+def ort_spinning_list(text: str) -> tuple[bool | None, ...]:
+    """argparse type of a comma list of ``--ort-spinning`` values (``on,off``), each once, in the order given."""
+    values = tuple(ort_spinning(item) for item in text.split(","))
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"each value once, got {text!r}")
+    return values

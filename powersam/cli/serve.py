@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from .options import ort_spinning
+
 API_KEY_ENV = "POWERSAM_API_KEY"
 DESCRIPTION = "HTTP inference service and web page for one model (needs the serve extra)"
 # ``powersam serve --help``'s description, as before the command line became a package
@@ -28,6 +30,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--device", default=None, help="torch device, or ONNX Runtime provider (cpu, cuda, tensorrt)")
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads of the model (default: runtime's)")
+    parser.add_argument("--ort-spinning", type=ort_spinning, default=None, metavar="on|off",
+                        help="ONNX models: ORT's worker threads busy-wait after a run (on) or sleep (off); off can "
+                             "free the cores sooner on a shared machine (default: ONNX Runtime's, on)")
     parser.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body in MiB (default 20)")
     parser.add_argument("--max-image-side", type=int, default=8192, help="largest image side in pixels (default 8192)")
     parser.add_argument("--max-queue", type=int, default=8,
@@ -68,7 +73,7 @@ def _app(args: argparse.Namespace) -> Any:
     from ..serve.server import create_served_app
 
     return create_served_app(args.model, config_from_args(args), args.checkpoint, args.img_size, args.device,
-                             args.threads, name=args.name)
+                             args.threads, name=args.name, spinning=args.ort_spinning)
 
 
 def run_serve(args: argparse.Namespace) -> int:

@@ -23,8 +23,12 @@ __all__ = ["create_served_app", "load_served_model", "serve_forever"]
 
 
 def load_served_model(sources: Sequence[str], checkpoint: Optional[Path] = None, img_size: Optional[int] = None,
-                      device: Optional[str] = None, threads: Optional[int] = None) -> Any:
-    """:func:`powersam.load` for the command line's MODEL arguments → a :class:`~powersam.model.Model`."""
+                      device: Optional[str] = None, threads: Optional[int] = None,
+                      spinning: Optional[bool] = None) -> Any:
+    """:func:`powersam.load` for the command line's MODEL arguments → a :class:`~powersam.model.Model`.
+
+    ``spinning`` (``--ort-spinning``): ONNX Runtime's worker threads busy-wait after a run (True) or sleep (False);
+    None keeps ORT's default. ONNX models only: ValueError for a PyTorch model."""
     from ..model import _is_exported, load
 
     paths = [Path(s) for s in sources]
@@ -35,7 +39,9 @@ def load_served_model(sources: Sequence[str], checkpoint: Optional[Path] = None,
         from ..runtime.session import device_provider
 
         providers = None if device is None else device_provider(device)  # cuda:1 → the provider's device_id 1
-        return load(paths if len(paths) > 1 else paths[0], providers=providers, threads=threads)
+        return load(paths if len(paths) > 1 else paths[0], providers=providers, threads=threads, spinning=spinning)
+    if spinning is not None:
+        raise ValueError("--ort-spinning applies to exported ONNX models; a PyTorch model runs on torch's threads")
     options: dict[str, Any] = {} if img_size is None else {"img_size": int(img_size)}
     if threads is not None:
         import torch
@@ -50,11 +56,11 @@ def load_served_model(sources: Sequence[str], checkpoint: Optional[Path] = None,
 
 def create_served_app(sources: Sequence[str], config: ServeConfig, checkpoint: Optional[Path] = None,
                       img_size: Optional[int] = None, device: Optional[str] = None, threads: Optional[int] = None,
-                      name: Optional[str] = None) -> Any:
+                      name: Optional[str] = None, spinning: Optional[bool] = None) -> Any:
     """The FastAPI app serving the model the MODEL arguments name (see :func:`load_served_model`)."""
     from .app import create_app
 
-    model = load_served_model(sources, checkpoint, img_size, device, threads)
+    model = load_served_model(sources, checkpoint, img_size, device, threads, spinning)
     return create_app(model, config, name=name)
 
 

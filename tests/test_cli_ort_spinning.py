@@ -1,0 +1,40 @@
+"""``--ort-spinning``: parsed on ``powersam serve`` (one value) and ``powersam bench`` (a comma list), bad values are
+usage errors naming the option, and a PyTorch model refuses it instead of ignoring it."""
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from powersam.cli.bench import add_bench_arguments
+from powersam.cli.serve import add_serve_arguments
+
+
+def _serve(argv):
+    return add_serve_arguments(argparse.ArgumentParser()).parse_args(["model.onnx", *argv])
+
+
+def _bench(argv):
+    return add_bench_arguments(argparse.ArgumentParser()).parse_args(argv)
+
+
+def test_serve_flag_parses_and_defaults_to_ort_s_own():
+    assert _serve([]).ort_spinning is None
+    assert _serve(["--ort-spinning", "on"]).ort_spinning is True
+    assert _serve(["--ort-spinning", "OFF"]).ort_spinning is False
+    assert _serve(["--ort-spinning", "default"]).ort_spinning is None
+
+
+@pytest.mark.parametrize("parse, value", [(_serve, "yes"), (_serve, "on,off")])
+def test_bad_values_are_usage_errors_naming_the_option(parse, value, capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse(["--ort-spinning", value])
+    assert exc.value.code == 2
+    assert "--ort-spinning" in capsys.readouterr().err
+
+
+def test_serving_a_pytorch_model_refuses_the_flag():
+    from powersam.serve.server import load_served_model
+
+    with pytest.raises(ValueError, match="--ort-spinning applies to exported ONNX models"):
+        load_served_model(["powersam_s"], spinning=False)  # refused before anything is built
