@@ -25,7 +25,14 @@ def test_serve_flag_parses_and_defaults_to_ort_s_own():
     assert _serve(["--ort-spinning", "default"]).ort_spinning is None
 
 
-@pytest.mark.parametrize("parse, value", [(_serve, "yes"), (_serve, "on,off")])
+def test_bench_flag_takes_a_list_in_order():
+    assert _bench([]).ort_spinning == (None,)
+    assert _bench(["--ort-spinning", "on,off"]).ort_spinning == (True, False)
+    assert _bench(["--ort-spinning", "default, off"]).ort_spinning == (None, False)
+
+
+@pytest.mark.parametrize("parse, value", [(_serve, "yes"), (_serve, "on,off"), (_bench, "on,maybe"),
+                                          (_bench, "on,on"), (_bench, "")])
 def test_bad_values_are_usage_errors_naming_the_option(parse, value, capsys):
     with pytest.raises(SystemExit) as exc:
         parse(["--ort-spinning", value])

@@ -62,6 +62,11 @@ class BenchSettings:
         checkpoints: model name → weights file (models not listed get random weights).
         work_dir: where runtimes may write exported graphs.
         seed: seed of the synthetic image.
+        ort_spinning: ONNX Runtime spinning settings to time, each as its own row of every ONNX runtime (True: worker
+            threads busy-wait after a run, False: they sleep, None: ORT's default; see
+            :class:`powersam.runtime.GraphSession`). The default ``(None,)`` gives the plain ``onnx`` rows; an explicit
+            setting labels its row ``onnx[spin=on]`` / ``onnx[spin=off]`` (:func:`ort_label`), so one run can put
+            both side by side, interleaved like every other row.
     """
 
     img_size: int = 1024
@@ -73,8 +78,10 @@ class BenchSettings:
     checkpoints: dict[str, Path] = field(default_factory=dict)
     work_dir: Optional[Path] = None
     seed: int = 0
+    ort_spinning: tuple[Optional[bool], ...] = (None,)
 
     def __post_init__(self) -> None:
+        check_ort_spinning(self.ort_spinning)
         if self.img_size < 16:
             raise ValueError(f"img_size must be >= 16, got {self.img_size}")
         if len(self.frame) != 2 or min(self.frame) < 1:
@@ -83,6 +90,23 @@ class BenchSettings:
             raise ValueError(f"boxes must be a non-negative int or 'detected', got {self.boxes!r}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
+
+
+def check_ort_spinning(values: Any) -> None:
+    """ValueError naming ``ort_spinning`` unless ``values`` is a non-empty sequence of distinct True/False/None."""
+    values = tuple(values) if isinstance(values, (tuple, list)) else None
+    if not values or any(v is not None and not isinstance(v, bool) for v in values) or len(set(values)) < len(values):
+        raise ValueError("ort_spinning must be a non-empty sequence of distinct True (spin), False (sleep) or None "
+                         "(ONNX Runtime's default)")
+
+
+SPIN_NAMES = {None: "default", True: "on", False: "off"}  # how records and labels name a spinning setting
+
+
+def ort_label(runtime: str, spinning: Optional[bool]) -> str:
+    """The row label of an ONNX runtime with a spinning setting: ``onnx`` for ORT's default (the label rows always
+    had), ``onnx[spin=on]`` / ``onnx[spin=off]`` for an explicit one."""
+    return runtime if spinning is None else f"{runtime}[spin={SPIN_NAMES[spinning]}]"
 
 
 def synthetic_image(frame: tuple[int, int], seed: int = 0) -> np.ndarray:
@@ -169,10 +193,11 @@ def torch_pipeline(name: str, model: torch.nn.Module, settings: BenchSettings) -
 
 
 def build_pipeline(name: str, runtime: str, settings: BenchSettings,
-                   model: Optional[torch.nn.Module] = None) -> Pipeline:
+                   model: Optional[torch.nn.Module] = None, spinning: Optional[bool] = None) -> Pipeline:
     """One model × runtime pipeline. Raises :class:`RuntimeUnavailable` when the runtime cannot run here.
 
-    ``model`` (already built by :func:`build_bench_model`) lets several runtimes share one torch model."""
+    ``model`` (already built by :func:`build_bench_model`) lets several runtimes share one torch model;
+    ``spinning``: ONNX Runtime's spinning setting of an ONNX runtime's sessions (ignored by ``torch``)."""
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown runtime {runtime!r}; known runtimes: {', '.join(RUNTIMES)}")
     model = model if model is not None else build_bench_model(name, settings)
@@ -180,7 +205,7 @@ def build_pipeline(name: str, runtime: str, settings: BenchSettings,
         raise ValueError(f"{name} has no detector; give a number of boxes instead of 'detected'")
     if runtime == "torch":
         return torch_pipeline(name, model, settings)
-    return onnx_pipeline(name, model, settings, quantized=runtime == "onnx-int8")
+    return onnx_pipeline(name, model, settings, quantized=runtime == "onnx-int8", spinning=spinning)
 
 
 @contextlib.contextmanager
@@ -247,20 +272,23 @@ def _export(name: str, model: torch.nn.Module, settings: BenchSettings, quantize
     return cache["int8"]
 
 
-def _sessions(paths: list[Path], settings: BenchSettings) -> list[Any]:
+def _sessions(paths: list[Path], settings: BenchSettings, spinning: Optional[bool] = None) -> list[Any]:
     try:
         from ..runtime.session import GraphSession
     except ImportError as err:
         raise RuntimeUnavailable(f"not available: powersam.runtime cannot be imported ({err})") from None
     providers = "cuda" if settings.device.startswith("cuda") else "cpu"
     try:
-        return [GraphSession(p, providers=providers, threads=settings.threads) for p in paths]
+        return [GraphSession(p, providers=providers, threads=settings.threads, spinning=spinning) for p in paths]
     except (ImportError, ValueError) as err:  # onnxruntime missing, or no CUDA execution provider in this build
         raise RuntimeUnavailable(f"not available: {err}") from None
 
 
-def onnx_pipeline(name: str, model: torch.nn.Module, settings: BenchSettings, quantized: bool = False) -> Pipeline:
-    """The same frame on ONNX Runtime (``onnx``, or ``onnx-int8`` with quantised graphs).
+def onnx_pipeline(name: str, model: torch.nn.Module, settings: BenchSettings, quantized: bool = False,
+                  spinning: Optional[bool] = None) -> Pipeline:
+    """The same frame on ONNX Runtime (``onnx``, or ``onnx-int8`` with quantised graphs), its sessions opened with
+    ``spinning`` (None: ORT's default; the row is then labelled by :func:`ort_label`). The graphs are exported once
+    per model, so rows of several spinning settings time the same files.
 
     Integrated and decoupled models run their single exported graph through ``OnnxPowerSAM`` (backbone(s), detector,
     NMS, decoder in one ``network`` stage; the pipeline's ``decoder`` step only selects the graph's masks and is
@@ -270,13 +298,14 @@ def onnx_pipeline(name: str, model: torch.nn.Module, settings: BenchSettings, qu
     with the reason when something is missing.
     """
     structure = structure_of(model)
-    sessions = _sessions(_export(name, model, settings, quantized), settings)
+    sessions = _sessions(_export(name, model, settings, quantized), settings, spinning)
     meta = sessions[0].metadata
     image = synthetic_image(settings.frame, settings.seed)
     use_detected = settings.boxes == "detected"
     count = 0 if use_detected else int(settings.boxes)
     info = {**_record_info(name, model, settings, meta.img_size, meta.det_size, "int8" if quantized else "fp32"),
-            "providers": sessions[0].providers, "graphs": [str(s.path) for s in sessions]}
+            "providers": sessions[0].providers, "graphs": [str(s.path) for s in sessions],
+            "ort_spinning": SPIN_NAMES[spinning]}
     graph = structure in ("integrated", "decoupled")
     if graph:
         from ..runtime.integrated import OnnxPowerSAM
@@ -290,5 +319,6 @@ def onnx_pipeline(name: str, model: torch.nn.Module, settings: BenchSettings, qu
 
         boxes = synthetic_boxes(count, settings.frame).numpy()  # original pixels
         frame = prompt_frame(OnnxSamPredictor(*sessions), boxes, info)
-    return Pipeline.reporting(name, "onnx-int8" if quantized else "onnx", frame_parts(structure, graph), frame,
+    return Pipeline.reporting(name, ort_label("onnx-int8" if quantized else "onnx", spinning),
+                              frame_parts(structure, graph), frame,
                               new_state=lambda: {"image": image}, info=info)

@@ -11,6 +11,11 @@ from typing import Any, Optional, Sequence
 MARKERS = {"torch": "o", "onnx": "s", "onnx-int8": "^"}
 
 
+def _marker(runtime: str) -> str:
+    # "onnx[spin=off]" is still an onnx row: same marker, the label tells the spinning setting apart
+    return MARKERS.get(runtime.split("[")[0], "D")
+
+
 def _figure(width: float = 7.0, height: float = 4.5):
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -56,14 +61,14 @@ def plot_latency_vs_miou(
         present = [k for k in keys if values.get(k) is not None]
         for key in present:
             ax.scatter(r["latency_ms_median"], values[key], color=colours[key],
-                       marker=MARKERS.get(r["runtime"], "D"), s=40)
+                       marker=_marker(r["runtime"]), s=40)
         # One label per model × runtime (at its first plotted point) keeps the plot readable.
         ax.annotate(f"{r['model']} ({r['runtime']})", (r["latency_ms_median"], values[present[0]]),
                     textcoords="offset points", xytext=(4, 4 if index % 2 == 0 else -11), fontsize=7)
     for key in keys:  # legend entries: one per prompt kind, one per runtime marker
         ax.scatter([], [], color=colours[key], marker="o", label=f"mIoU {key}")
     for runtime in sorted({r["runtime"] for r, _ in points}):
-        ax.scatter([], [], color="grey", marker=MARKERS.get(runtime, "D"), label=runtime)
+        ax.scatter([], [], color="grey", marker=_marker(runtime), label=runtime)
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.xaxis.set_minor_formatter(NullFormatter())

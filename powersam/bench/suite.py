@@ -48,7 +48,8 @@ def benchmark(
         models: zoo names and/or group names (``"table1"``, …, see :data:`~powersam.models.zoo.MODEL_GROUPS`),
             or one comma-separated string of them; expanded and validated before anything is built.
         runtimes: ``"torch"``, ``"onnx"``, ``"onnx-int8"``. A runtime that cannot run here gets a record with
-            ``"available": false`` and the reason in ``"error"``.
+            ``"available": false`` and the reason in ``"error"``. ONNX runtimes get one record per setting of
+            ``settings.ort_spinning`` (labelled by :func:`~powersam.bench.pipelines.ort_label`).
         settings: a :class:`~powersam.bench.pipelines.BenchSettings`.
         repeats, warmup: timed and untimed frames per pipeline.
         complexity: add params/GMACs from :func:`powersam.utils.model_info.model_info` (paper and full conventions).
@@ -59,7 +60,8 @@ def benchmark(
         ``{"machine": {...}, "settings": {...}, "records": [one per model × runtime, model-major]}``.
     """
     from ..models.zoo import expand_model_names
-    from .pipelines import RUNTIMES, RuntimeUnavailable, build_bench_model, build_pipeline, pinned_threads
+    from .pipelines import (RUNTIMES, SPIN_NAMES, RuntimeUnavailable, build_bench_model, build_pipeline,
+                            ort_label, pinned_threads)
 
     if not models or not runtimes:
         raise ValueError("give at least one model and one runtime")
@@ -67,16 +69,24 @@ def benchmark(
     for runtime in runtimes:
         if runtime not in RUNTIMES:
             raise ValueError(f"unknown runtime {runtime!r}; known runtimes: {', '.join(RUNTIMES)}")
+    spin_settings = tuple(settings.ort_spinning)
+    if spin_settings != (None,) and all(r == "torch" for r in runtimes):
+        raise ValueError("ort_spinning (--ort-spinning) applies to the ONNX runtimes (onnx, onnx-int8); none was "
+                         "selected")
 
     slots: list[Any] = []  # a Pipeline, or the record of an unavailable runtime
     with pinned_threads(settings.threads):
         for name in models:
             model = build_bench_model(name, settings)  # shared by this model's runtimes (exports start from it)
             for runtime in runtimes:
-                try:
-                    slots.append(build_pipeline(name, runtime, settings, model=model))
-                except RuntimeUnavailable as err:
-                    slots.append({"model": name, "runtime": runtime, "available": False, "error": str(err)})
+                # One row per spinning setting of an ONNX runtime (torch has no ORT pool): interleaved in the same
+                # rounds, so machine drift hits spinning on and off alike.
+                for spinning in (None,) if runtime == "torch" else spin_settings:
+                    try:
+                        slots.append(build_pipeline(name, runtime, settings, model=model, spinning=spinning))
+                    except RuntimeUnavailable as err:
+                        slots.append({"model": name, "runtime": ort_label(runtime, spinning), "available": False,
+                                      "error": str(err)})
         pipelines = [s for s in slots if not isinstance(s, dict)]
         times = run_interleaved(pipelines, repeats=repeats, warmup=warmup, progress=progress,
                                 **({"timer": timer} if timer is not None else {}))
@@ -92,6 +102,7 @@ def benchmark(
             "img_size": settings.img_size, "frame": list(settings.frame), "boxes": settings.boxes,
             "device": settings.device, "threads": settings.threads, "det_size": settings.det_size,
             "repeats": repeats, "warmup": warmup, "seed": settings.seed,
+            "ort_spinning": [SPIN_NAMES[v] for v in spin_settings],
             "order": "round-robin over all model × runtime pipelines, rotating start; warm-up rounds first",
             "complexity": "params/GMACs: paper (thop) convention; *_full: every parameter and matmul",
         },

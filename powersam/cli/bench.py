@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..bench.suite import DEFAULT_MODELS
+from .options import ort_spinning_list
 
 
 def _frame(text: str) -> tuple[int, int]:
@@ -49,6 +50,11 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         help="size of the synthetic original image; masks are upsampled to it (default 1080x1920)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch / ONNX Runtime intra-op threads (default 1: stable numbers on shared machines)")
+    parser.add_argument("--ort-spinning", type=ort_spinning_list, default=(None,), metavar="on,off,default",
+                        help="ONNX runtimes: time each listed ONNX Runtime spinning setting as its own row, "
+                             "interleaved (on: worker threads busy-wait after a run, off: they sleep); rows "
+                             "'onnx[spin=on]', 'onnx[spin=off]', plain 'onnx' for 'default'. Matters with "
+                             "--threads > 1 (default: ORT's default only); also with --compare-reference")
     parser.add_argument("--boxes", type=_boxes, default=5, metavar="K|detected",
                         help="boxes decoded per frame: K fixed synthetic boxes (default 5; random weights detect "
                              "nothing) or 'detected' (the detector's boxes; needs trained weights)")
@@ -120,7 +126,7 @@ def _settings(args: argparse.Namespace) -> Any:
         checkpoints[name] = Path(path)
     return BenchSettings(img_size=args.size, frame=args.frame, boxes=args.boxes, device=args.device,
                          threads=args.threads, det_size=args.det_size, checkpoints=checkpoints,
-                         work_dir=args.out / "graphs", seed=args.seed)
+                         work_dir=args.out / "graphs", seed=args.seed, ort_spinning=args.ort_spinning)
 
 
 def run_compare(args: argparse.Namespace) -> int:
@@ -140,7 +146,7 @@ def run_compare(args: argparse.Namespace) -> int:
         settings = CompareSettings(img_size=args.size, frame=args.frame, boxes=int(args.boxes), threads=args.threads,
                                    repeats=args.repeats, warmup=args.warmup, image=args.image,
                                    num_calib=args.num_calib, probe_size=args.probe_size, seed=args.seed,
-                                   work_dir=args.out / "graphs")
+                                   work_dir=args.out / "graphs", ort_spinning=args.ort_spinning)
         payload = compare_reference(settings)
     except (ValueError, TypeError, FileNotFoundError, RuntimeError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
