@@ -12,6 +12,8 @@ reference-reparam   the same flow with the re-parameterised encoder (separates t
 torch               :class:`powersam.SamPredictor` on the re-parameterised model (``set_image`` + ``predict_batch``)
 onnx                :class:`powersam.runtime.OnnxSamPredictor` on the exported FP32 encoder / decoder pair
 onnx-int8           the same with the INT8 (QDQ, static) encoder; the decoder graph as :func:`quantize_onnx` makes it
+onnx[spin=on|off]   with ``ort_spinning`` (``--ort-spinning on,off``): the ONNX rows again, their sessions with ORT's
+                    worker threads spinning / sleeping after a run (the plain ``onnx`` row: ORT's default)
 matmul probe        a dense float32 ``torch.mm`` (n×n by n×n) in the same rounds → GFLOP/s of this machine now
 ==================  ===============================================================================================
 
@@ -36,7 +38,7 @@ import numpy as np
 import torch
 
 from ..inference.timing import StageTimer
-from .pipelines import pinned_threads, synthetic_boxes, synthetic_image
+from .pipelines import SPIN_NAMES, check_ort_spinning, ort_label, pinned_threads, synthetic_boxes, synthetic_image
 from .runner import Pipeline, machine_info, run_interleaved, timing_record
 
 MODEL = "powersam_s"
@@ -49,7 +51,9 @@ INT8_MIN_MEAN_IOU = 0.8  # tests/deploy/test_quantize.py: MIN_MEAN_MASK_IOU, INT
 class CompareSettings:
     """What one comparison run measures (see the module doc). ``image``: a photo resized to ``frame`` (None: the
     synthetic image); ``num_calib``: synthetic calibration scenes of the INT8 encoder; ``probe_size``: n of the
-    n×n matmul probe; ``work_dir``: where the graphs are exported (a temporary folder when None)."""
+    n×n matmul probe; ``work_dir``: where the graphs are exported (a temporary folder when None); ``ort_spinning``:
+    the ONNX Runtime spinning settings each ONNX path is timed with, one row each (see
+    :class:`~powersam.bench.pipelines.BenchSettings`; default ORT's own only)."""
 
     img_size: int = 1024
     frame: tuple[int, int] = (1080, 1920)
@@ -63,8 +67,10 @@ class CompareSettings:
     int8: bool = True
     work_dir: Optional[Path] = None
     seed: int = 0
+    ort_spinning: tuple[Optional[bool], ...] = (None,)
 
     def __post_init__(self) -> None:
+        check_ort_spinning(self.ort_spinning)
         if self.boxes < 1 or self.repeats < 1 or self.warmup < 0 or self.num_calib < 1 or self.probe_size < 16:
             raise ValueError("need boxes >= 1, repeats >= 1, warmup >= 0, num_calib >= 1 and probe_size >= 16")
 
@@ -200,8 +206,9 @@ def compare_reference(settings: CompareSettings, progress: Optional[Callable[[in
 
         graphs = _onnx_paths(deployed, settings, Path(settings.work_dir or tmp))
         for name, (encoder, decoder) in graphs.items():
-            sessions = [GraphSession(p, threads=settings.threads) for p in (encoder, decoder)]
-            rows.append((name, _predictor_run(OnnxSamPredictor(*sessions), boxes)))
+            for spinning in settings.ort_spinning:  # same graph files; only the sessions' thread pools differ
+                sessions = [GraphSession(p, threads=settings.threads, spinning=spinning) for p in (encoder, decoder)]
+                rows.append((ort_label(name, spinning), _predictor_run(OnnxSamPredictor(*sessions), boxes)))
         pipelines = [Pipeline.reporting(MODEL, name, STAGES, _prompt_frame(run, image, outputs, name))
                      for name, run in rows]
         pipelines.append(Pipeline.reporting("probe", "matmul", ("matmul",), matmul_probe(settings.probe_size, probe)))
@@ -230,6 +237,7 @@ def compare_reference(settings: CompareSettings, progress: Optional[Callable[[in
                      "boxes": settings.boxes, "threads": settings.threads, "repeats": settings.repeats,
                      "warmup": settings.warmup, "image": source, "num_calib": settings.num_calib,
                      "probe_size": settings.probe_size, "seed": settings.seed,
+                     "ort_spinning": [SPIN_NAMES[v] for v in settings.ort_spinning],
                      "order": "round-robin over every path and the probe, rotating start; warm-up rounds first",
                      "box_prompts": [[round(float(v), 2) for v in b] for b in boxes]},
         "paths": paths,

@@ -20,7 +20,8 @@ from powersam.cli.bench import add_bench_arguments, run_bench
 from powersam.transforms import ResizeLongestSide
 from reference_impls import import_segment_anything
 
-PATHS = ["reference", "reference-reparam", "torch", "onnx", "onnx-int8"]
+# --ort-spinning default,off: the plain ONNX rows keep their names, each followed by its spinning-off twin
+PATHS = ["reference", "reference-reparam", "torch", "onnx", "onnx[spin=off]", "onnx-int8", "onnx-int8[spin=off]"]
 
 
 def _tiny_meta_sam(img_size: int = 256) -> torch.nn.Module:
@@ -86,7 +87,8 @@ def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("compare")
     args = add_bench_arguments(argparse.ArgumentParser()).parse_args(
         ["--compare-reference", "--size", "128", "--frame", "90x160", "--boxes", "2", "--repeats", "1",
-         "--warmup", "0", "--num-calib", "4", "--probe-size", "64", "--out", str(out)])
+         "--warmup", "0", "--num-calib", "4", "--probe-size", "64", "--ort-spinning", "default,off",
+         "--out", str(out)])
     assert run_bench(args) == 0
     return json.loads((out / "reference.json").read_text()), (out / "reference.md").read_text()
 
@@ -95,6 +97,7 @@ def test_report_structure_and_masks_agree(report):
     payload, markdown = report
     assert set(payload) >= {"machine", "settings", "paths", "roofline", "command"}
     assert payload["settings"]["frame"] == [90, 160] and payload["settings"]["boxes"] == 2
+    assert payload["settings"]["ort_spinning"] == ["default", "off"]
     assert [p["path"] for p in payload["paths"]] == PATHS
     reference_ms = payload["paths"][0]["latency_ms_median"]
     roof = payload["roofline"]
@@ -109,7 +112,7 @@ def test_report_structure_and_masks_agree(report):
         assert path["vs_roofline"]["full"] == pytest.approx(path["latency_ms_median"] / roof["roofline_ms"]["full"])
         agree = path["agreement"]
         assert agree["shape"] == [2, 1, 90, 160], path["path"]
-        if path["path"] == "onnx-int8":
+        if path["path"].startswith("onnx-int8"):
             assert agree["mean_iou"] >= INT8_MIN_MEAN_IOU, agree
         else:
             assert agree["min_iou"] >= FP32_MIN_IOU, (path["path"], agree)
