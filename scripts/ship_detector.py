@@ -6,7 +6,8 @@ machine, git commit, held-out box and mask AP).
     python scripts/ship_detector.py runs/pretrain/detector/final.pt --command "powersam train synth-detector ..."
 
 The head comes from `powersam train synth-detector --config configs/pretrain/synth_detector.yaml`, trained on the
-frozen backbone of the shipped student it is added to (checked tensor by tensor: the backbone must be unchanged).
+frozen backbone of the shipped student it is added to (checked tensor by tensor, as float16: the head may have been
+trained on the float32 run output the student was shipped from, never on another backbone).
 """
 from __future__ import annotations
 
@@ -37,10 +38,10 @@ def main() -> int:
 
     payload = read_powersam_checkpoint(args.detector)
     meta = payload.get("meta") or {}
-    backbone = str(meta.get("backbone_checkpoint"))
+    backbone = f"synth_{payload.get('model_name')}"
     if meta.get("stage") != "synth_detector" or not is_shipped_name(backbone):
-        print(f"{args.detector}: not a `powersam train synth-detector` head on a shipped student (stage "
-              f"{meta.get('stage')!r}, backbone {backbone!r})", file=sys.stderr)
+        print(f"{args.detector}: not a `powersam train synth-detector` head of a model with a shipped student (stage "
+              f"{meta.get('stage')!r}, model {payload.get('model_name')!r})", file=sys.stderr)
         return 1
     shipped = read_powersam_checkpoint(backbone)["state_dict"]
     changed = [k for k, v in payload["state_dict"].items()

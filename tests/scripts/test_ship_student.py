@@ -77,3 +77,16 @@ def test_a_head_on_another_backbone_is_not_shipped(tiny_student, tmp_path, monke
     monkeypatch.setattr(sys, "argv", ["ship_detector.py", str(tiny_student), "--command", "x"])
     assert load_script("ship_detector").main() == 1
     assert "not a `powersam train synth-detector` head" in capsys.readouterr().err
+    monkeypatch.setattr(sys, "argv", ["ship_student.py", str(tiny_student), "--command", "x", "--scenes", "1",
+                                      "--img-sizes", "64"])
+    assert load_script("ship_student").main() == 0
+    capsys.readouterr()
+    other = build_model("powersam_s", img_size=64, class_names=["x"])  # a head on a backbone that was not shipped
+    path = tmp_path / "other.pt"
+    from powersam.checkpoint import save_checkpoint
+
+    save_checkpoint(path, other.state_dict(), "powersam_s", model_config=other.model_config, class_names=["x"],
+                    meta={"stage": "synth_detector"})
+    monkeypatch.setattr(sys, "argv", ["ship_detector.py", str(path), "--command", "x"])
+    assert load_script("ship_detector").main() == 1
+    assert "its backbone differs from the shipped synth_powersam_s" in capsys.readouterr().err
