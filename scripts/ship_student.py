@@ -26,13 +26,38 @@ from powersam.weights.provenance import git_commit, machine, training_seconds
 
 
 def earlier_runs(name: str, meta: dict) -> list[dict]:
-    """The runs a continued student builds on: the shipped record's history when it continued from ``name``."""
-    if meta.get("init_checkpoint") != name:
+    """The runs a continued student builds on: the shipped record's history (``init_checkpoint`` = ``name``), or an
+    earlier ``<student>_synth.pt`` of this machine (its own meta and the ``metrics.jsonl`` beside it), recursively."""
+    init = meta.get("init_checkpoint")
+    if init is None:
         return []
-    try:
-        return shipped_teacher_record(name).get("runs", [])
-    except ShippedWeightsError:
-        return []
+    if init == name:
+        try:
+            return shipped_teacher_record(name).get("runs", [])
+        except ShippedWeightsError:
+            return []
+    path = Path(init)
+    earlier = read_powersam_checkpoint(path).get("meta") or {}
+    metrics = path.parent / "metrics.jsonl"
+    return earlier_runs(name, earlier) + [{
+        "command": f"powersam train synth-student --config {path.parent / 'config.yaml'}"
+                   + (" (stopped early; student from its last.pt)" if earlier.get("partial") else ""),
+        "steps": earlier.get("steps"), "scene_seed": earlier.get("scene_seed"),
+        "scene_offset": earlier.get("scene_offset"), "next_scene_offset": earlier.get("next_scene_offset"),
+        "wall_seconds": training_seconds(metrics) if metrics.is_file() else None, "machine": machine(),
+        "git_commit": git_commit()}]
+
+
+def teacher_result(teacher_source: str, teacher_record: dict, size: int, scenes: int) -> dict:
+    """The teacher's held-out numbers at ``size``: from its shipped record when it holds them for the same scenes
+    (same function, seed and count), else evaluated now."""
+    recorded = teacher_record.get("heldout", {}).get(str(size))
+    if recorded is not None and teacher_record.get("heldout_scenes") == scenes:
+        print(f"teacher at {size}: the numbers recorded in its shipped record ({scenes} scenes, seed {HELDOUT_SEED})")
+        return recorded
+    result = evaluate_on_scenes(load_teacher(None, teacher_source, img_size=size), count=scenes)
+    print(format_scene_table(result, "teacher"))
+    return result
 
 
 def summary_row(result: dict) -> dict:
@@ -69,13 +94,11 @@ def main() -> int:
 
     heldout = {}
     for size in (int(s) for s in args.img_sizes.split(",")):
-        results = {}
-        for label, model in (("student", build_model(student, checkpoint=args.student, img_size=size)),
-                             ("teacher", load_teacher(None, teacher_source, img_size=size))):
-            results[label] = evaluate_on_scenes(model, count=args.scenes)
-            print(f"\nheld-out scenes (seed {HELDOUT_SEED}, {args.scenes} scenes) at img_size {size}, {label}:")
-            print(format_scene_table(results[label], label))
-        ours, theirs = results["student"], results["teacher"]
+        ours = evaluate_on_scenes(build_model(student, checkpoint=args.student, img_size=size, with_detector=False),
+                                  count=args.scenes)
+        print(f"\nheld-out scenes (seed {HELDOUT_SEED}, {args.scenes} scenes) at img_size {size}:")
+        print(format_scene_table(ours, "student"))
+        theirs = teacher_result(teacher_source, teacher_record, size, args.scenes)
         heldout[str(size)] = {"miou": ours["miou"], "per_size": ours["per_size"], "size_counts": ours["size_counts"],
                               "num_instances": ours["num_instances"], "box_as_mask": ours["box_as_mask"],
                               "teacher_box": summary_row(theirs),

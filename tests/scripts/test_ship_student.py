@@ -90,3 +90,16 @@ def test_a_head_on_another_backbone_is_not_shipped(tiny_student, tmp_path, monke
     monkeypatch.setattr(sys, "argv", ["ship_detector.py", str(path), "--command", "x"])
     assert load_script("ship_detector").main() == 1
     assert "its backbone differs from the shipped synth_powersam_s" in capsys.readouterr().err
+
+
+def test_a_continued_student_records_the_run_it_continued(tiny_student, tmp_path, monkeypatch):
+    monkeypatch.setattr(weights, "_FOLDER", tmp_path)
+    teacher = tiny_student.parent.parent / "teacher" / "teacher.pt"
+    again = pretrain_student(SynthStudentConfig(teacher_checkpoint=str(teacher), init_checkpoint=str(tiny_student),
+                                                scene_offset=4, output_dir=tmp_path / "again", **TINY))
+    monkeypatch.setattr(sys, "argv", ["ship_student.py", str(again), "--command", "continued", "--scenes", "1",
+                                      "--img-sizes", "64"])
+    assert load_script("ship_student").main() == 0
+    record = json.loads((tmp_path / "synth_powersam_s.json").read_text())
+    assert record["total_steps"] == 4 and [r["steps"] for r in record["runs"]] == [2, 2]
+    assert record["runs"][0]["next_scene_offset"] == 4 and record["runs"][-1]["command"] == "continued"
