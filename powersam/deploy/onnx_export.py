@@ -51,7 +51,7 @@ def _resolve_model(
         raise TypeError(f"model_or_name must be a zoo name or an nn.Module, got {type(model_or_name).__name__}")
     from ..models.zoo import build_model
 
-    return build_model(model_or_name, checkpoint, img_size=1024 if img_size is None else int(img_size))
+    return build_model(model_or_name, checkpoint, img_size=None if img_size is None else int(img_size))
 
 
 def interactive_paths(out_path: Union[str, Path]) -> tuple[Path, Path]:

@@ -217,7 +217,7 @@ def build_model(
     name: str | None = None,
     checkpoint: str | Path | None = None,
     *,
-    img_size: int = 1024,
+    img_size: int | None = None,
     class_names: list[str] | tuple[str, ...] | None = None,
     detector_checkpoint: str | Path | None = None,
     with_detector: bool = True,
@@ -237,7 +237,9 @@ def build_model(
         checkpoint: weights to load: an official file (``sam_vit_b_01ec64.pth``, ``edge_sam.pth``,
             ``powersam_s.pth``, …, plain or wrapped under ``model``/``state_dict``) or a checkpoint written by
             this project. Loading is strict: a mismatch raises with a key diff, never falls back to random weights.
-        img_size: network input size (1024 for the official weights; smaller for fast experiments).
+        img_size: network input size; default: the size a PowerSAM checkpoint records, else 1024 (the official
+            weights'). Convolutional encoders (RepViT, EdgeSAM) run at any multiple of 32 whatever size they were
+            trained at; a ViT's position embeddings fix its size (another one fails the strict load).
         class_names: detector classes (sets the number of classes of the box-prompt generator / YOLOX head).
         detector_checkpoint: separate detector weights (e.g. the converted official
             ``box_prompt_generator_repvit_epoch_300.pth``, see ``powersam convert``).
@@ -269,7 +271,8 @@ def build_model(
         elif recorded is not None and recorded != name:
             raise ValueError(f"{checkpoint} was written for model {recorded!r}, not {name!r}")
         config = payload.get("model_config") or {}
-        img_size = int(config.get("img_size", img_size))
+        if img_size is None and config.get("img_size") is not None:
+            img_size = int(config["img_size"])  # asked for nothing: the size it was trained at
         upsample_mode = upsample_mode or config.get("upsample_mode")
         widths = config.get("widths")
         resize_mode = resize_mode or config.get("resize_mode")
@@ -278,6 +281,7 @@ def build_model(
     if name is None:
         raise ValueError("build_model needs a model name or a checkpoint that records one")
     upsample_mode = upsample_mode or "bicubic"
+    img_size = 1024 if img_size is None else int(img_size)
 
     spec = get_spec(name)
     if class_names is not None:

@@ -189,7 +189,7 @@ def prune_and_distill(cfg: PruneConfig, resume: bool = False) -> tuple[Path, Opt
     from ..train.sam_data import FirstImages, init_stage, open_stage_dataset
     from .prune import prune_vit
 
-    teacher = build_model(cfg.model, checkpoint=cfg.checkpoint, img_size=cfg.img_size or 1024)
+    teacher = build_model(cfg.model, checkpoint=cfg.checkpoint, img_size=cfg.img_size or None)
     cfg = dataclasses.replace(cfg, img_size=int(teacher.image_encoder.img_size))
     info = init_stage(cfg)
     try:

@@ -170,3 +170,18 @@ def test_damaged_weights_are_refused_naming_the_tensor(source, tmp_path, bad_val
     torch.save(state, tmp_path / "damaged.pth")
     with pytest.raises(CheckpointError, match=r"damaged.*iou_prediction_head\.layers\.0\.weight"):
         build_model("powersam_s", checkpoint=tmp_path / "damaged.pth", img_size=IMG)
+
+
+def test_an_asked_input_size_is_honoured_and_the_recorded_one_is_the_default(tmp_path):
+    # build_model used to replace an explicit img_size by the one the checkpoint records: asked for 512, a model
+    # trained at 256 silently ran at 256 (a held-out evaluation "at 512" was the 256 one again).
+    from powersam.checkpoint import save_checkpoint
+
+    model = build_model("powersam_s", img_size=64, with_detector=False)
+    path = tmp_path / "at64.pt"
+    save_checkpoint(path, model.state_dict(), "powersam_s", model_config=model.model_config)
+    assert build_model(checkpoint=path, with_detector=False).img_size == 64
+    bigger = build_model(checkpoint=path, img_size=128, with_detector=False)
+    assert bigger.img_size == 128 and bigger.image_encoder.img_size == 128
+    assert bigger.load_report.loaded == len(bigger.state_dict())
+    assert build_model("powersam_s", with_detector=False).img_size == 1024
