@@ -49,7 +49,8 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", default="onnx", choices=sorted(EXPORT_FORMATS), help="export format (default onnx)")
     parser.add_argument("--out", type=Path, required=True, help="output .onnx file (with --interactive: X.onnx gives "
                         "X.encoder.onnx + X.decoder.onnx; a folder gets encoder.onnx + decoder.onnx)")
-    parser.add_argument("--size", type=int, default=1024, help="network input side (default 1024)")
+    parser.add_argument("--size", type=int, default=None,
+                        help="network input side (default: the size the checkpoint records, else 1024)")
     parser.add_argument("--interactive", action="store_true", help="export the SAM encoder/decoder pair instead of "
                         "the integrated detect-and-segment graph")
     parser.add_argument("--opset", type=int, default=17, help=f"ONNX opset (default 17, at least {MIN_OPSET})")

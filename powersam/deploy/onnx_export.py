@@ -85,8 +85,8 @@ def export_onnx(
             with a ``checkpoint`` that records its model name.
         out_path: the ``.onnx`` file (integrated), or see :func:`interactive_paths`.
         checkpoint: weights for a zoo name (strict loading).
-        img_size: network input side S for a zoo name (default 1024); a module keeps its own (a different value
-            raises).
+        img_size: network input side S (default: the size a checkpoint records, else 1024); a module keeps its own
+            (a different value raises).
         interactive: export the encoder/decoder pair instead of the integrated detect-and-segment graph.
         opset: ONNX opset, at least 17.
         upsample_mode: RepViT fuse-neck interpolation in the graph; None keeps the model's (bicubic as trained;
