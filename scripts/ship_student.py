@@ -22,7 +22,7 @@ from powersam.eval.scenes import HELDOUT_SEED, evaluate_on_scenes, format_scene_
 from powersam.models.zoo import build_model
 from powersam.train.teacher import load_teacher
 from powersam.weights import ShippedWeightsError, is_shipped_name, ship_weights, shipped_teacher_record
-from powersam.weights.provenance import git_commit, machine, training_seconds
+from powersam.weights.provenance import earlier_run_record, git_commit, machine, training_seconds
 
 
 def earlier_runs(name: str, meta: dict) -> list[dict]:
@@ -38,14 +38,7 @@ def earlier_runs(name: str, meta: dict) -> list[dict]:
             return []
     path = Path(init)
     earlier = read_powersam_checkpoint(path).get("meta") or {}
-    metrics = path.parent / "metrics.jsonl"
-    return earlier_runs(name, earlier) + [{
-        "command": f"powersam train synth-student --config {path.parent / 'config.yaml'}"
-                   + (" (stopped early; student from its last.pt)" if earlier.get("partial") else ""),
-        "steps": earlier.get("steps"), "scene_seed": earlier.get("scene_seed"),
-        "scene_offset": earlier.get("scene_offset"), "next_scene_offset": earlier.get("next_scene_offset"),
-        "wall_seconds": training_seconds(metrics) if metrics.is_file() else None, "machine": machine(),
-        "git_commit": git_commit()}]
+    return earlier_runs(name, earlier) + [earlier_run_record(earlier, path.parent, "synth-student")]
 
 
 def teacher_result(teacher_source: str, teacher_record: dict, size: int, scenes: int) -> dict:

@@ -19,7 +19,7 @@ from powersam.checkpoint import read_powersam_checkpoint
 from powersam.eval.scenes import HELDOUT_SEED, evaluate_on_scenes, format_scene_table
 from powersam.train.teacher import load_teacher
 from powersam.weights import ShippedWeightsError, ship_weights, shipped_teacher_record
-from powersam.weights.provenance import git_commit, machine, training_seconds
+from powersam.weights.provenance import earlier_run_record, git_commit, machine, training_seconds
 
 
 def earlier_runs(meta: dict) -> list[dict]:
@@ -35,15 +35,7 @@ def earlier_runs(meta: dict) -> list[dict]:
             return []
     path = Path(init)
     earlier = read_powersam_checkpoint(path).get("meta") or {}
-    metrics = path.parent / "metrics.jsonl"
-    config = path.parent / "config.yaml"
-    return earlier_runs(earlier) + [{
-        "command": f"powersam train synth-teacher --config {config}" + (" (stopped early; teacher from its last.pt)"
-                                                                        if earlier.get("partial") else ""),
-        "steps": earlier.get("steps"), "scene_seed": earlier.get("scene_seed"),
-        "scene_offset": earlier.get("scene_offset"), "next_scene_offset": earlier.get("next_scene_offset"),
-        "wall_seconds": training_seconds(metrics) if metrics.is_file() else None, "machine": machine(),
-        "git_commit": git_commit()}]
+    return earlier_runs(earlier) + [earlier_run_record(earlier, path.parent, "synth-teacher")]
 
 
 def main() -> int:

@@ -11,7 +11,7 @@ import platform
 import subprocess
 from pathlib import Path
 
-__all__ = ["git_commit", "machine", "training_seconds"]
+__all__ = ["earlier_run_record", "git_commit", "machine", "training_seconds"]
 
 
 def training_seconds(metrics_file: Path) -> float:
@@ -48,3 +48,16 @@ def git_commit() -> str:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def earlier_run_record(meta: dict, run_dir: Path, command: str) -> dict:
+    """The history entry of an earlier run on this machine that a shipped file builds on: ``meta`` of the file it
+    wrote, ``run_dir`` its folder (``config.yaml``, ``metrics.jsonl``), ``command`` the ``powersam train`` stage."""
+    run_dir = Path(run_dir)
+    metrics = run_dir / "metrics.jsonl"
+    stopped = " (stopped early; weights from its last.pt)" if meta.get("partial") else ""
+    return {"command": f"powersam train {command} --config {run_dir / 'config.yaml'}{stopped}",
+            "steps": meta.get("steps"), "scene_seed": meta.get("scene_seed"), "scene_offset": meta.get("scene_offset"),
+            "next_scene_offset": meta.get("next_scene_offset"),
+            "wall_seconds": training_seconds(metrics) if metrics.is_file() else None, "machine": machine(),
+            "git_commit": git_commit()}
