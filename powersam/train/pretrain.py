@@ -124,22 +124,10 @@ def save_pretrained_teacher(path: Path, state: dict[str, Any], model_name: str, 
 def teacher_from_training_state(run_dir: Path) -> Path:
     """``run_dir/teacher.pt`` from the ``last.pt`` of an unfinished (or finished) pretraining run, so a run that
     must stop early (a session's end) still yields a teacher; a later ``--resume`` continues the run itself."""
-    from ..checkpoint import read_powersam_checkpoint
-    from ..weights import resolve_teacher_checkpoint
-    from .config import load_config
-
     run_dir = Path(run_dir)
-    cfg = load_config(run_dir / "config.yaml", SynthTeacherConfig)
-    training = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
-    if training.get("format") != "powersam.training_state":
-        raise ValueError(f"{run_dir / 'last.pt'} is not a PowerSAM training state")
-    prefix = "sam."
-    state = {k[len(prefix):]: v for k, v in training["model"].items() if k.startswith(prefix)}
+    cfg, training, state, previous = _training_state(run_dir, SynthTeacherConfig, "sam.")
     keep = ("image_encoder.", "prompt_encoder.", "mask_decoder.")
     state = {k: v for k, v in state.items() if k.startswith(keep)}
-    previous = {}
-    if cfg.init_checkpoint is not None:
-        previous = read_powersam_checkpoint(resolve_teacher_checkpoint(cfg.init_checkpoint)).get("meta") or {}
     steps = int(training["global_step"])
     return save_pretrained_teacher(run_dir / "teacher.pt", state, cfg.model, cfg, steps,
                                    int(training.get("world_size", 1)), previous,
@@ -244,27 +232,35 @@ def save_pretrained_student(path: Path, sam: nn.Module, cfg: SynthStudentConfig,
 def student_from_training_state(run_dir: Path) -> Path:
     """``run_dir/<student>_synth.pt`` from the ``last.pt`` of an unfinished (or finished) ``synth-student`` run:
     the trained encoder from the training state, the prompt encoder and mask decoder from its teacher."""
-    from ..checkpoint import read_powersam_checkpoint
     from ..models.zoo import build_model
     from ..weights import resolve_teacher_checkpoint
-    from .config import load_config
     from .distill_encoder import copy_decoder
 
     run_dir = Path(run_dir)
-    cfg = load_config(run_dir / "config.yaml", SynthStudentConfig)
-    training = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
-    if training.get("format") != "powersam.training_state":
-        raise ValueError(f"{run_dir / 'last.pt'} is not a PowerSAM training state")
-    prefix = "encoder."
-    encoder_state = {k[len(prefix):]: v for k, v in training["model"].items() if k.startswith(prefix)}
+    cfg, training, encoder_state, previous = _training_state(run_dir, SynthStudentConfig, "encoder.")
     sam = build_model(cfg.student, img_size=cfg.img_size, with_detector=False, upsample_mode=cfg.upsample_mode)
     sam.image_encoder.load_state_dict(encoder_state)  # strict: a key diff is an error
     copy_decoder(sam, load_teacher(None, resolve_teacher_checkpoint(cfg.teacher_checkpoint), img_size=cfg.img_size))
     sam.eval()
-    previous = {}
-    if cfg.init_checkpoint is not None:
-        previous = read_powersam_checkpoint(resolve_teacher_checkpoint(cfg.init_checkpoint)).get("meta") or {}
     steps = int(training["global_step"])
     return save_pretrained_student(run_dir / f"{cfg.student}_synth.pt", sam, cfg, steps,
                                    int(training.get("world_size", 1)), previous,
                                    partial=steps < cfg.epochs * cfg.iters_per_epoch)
+
+
+def _training_state(run_dir: Path, config_class: type, prefix: str) -> tuple[Any, dict, dict, dict]:
+    """What a stopped streamed run left: ``(its config, the training state of last.pt, the model weights under
+    prefix with it stripped, the meta of the checkpoint it continued from ({} when none))``."""
+    from ..checkpoint import read_powersam_checkpoint
+    from ..weights import resolve_teacher_checkpoint
+    from .config import load_config
+
+    cfg = load_config(run_dir / "config.yaml", config_class)
+    training = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
+    if training.get("format") != "powersam.training_state":
+        raise ValueError(f"{run_dir / 'last.pt'} is not a PowerSAM training state")
+    state = {k[len(prefix):]: v for k, v in training["model"].items() if k.startswith(prefix)}
+    previous = {}
+    if cfg.init_checkpoint is not None:
+        previous = read_powersam_checkpoint(resolve_teacher_checkpoint(cfg.init_checkpoint)).get("meta") or {}
+    return cfg, training, state, previous
