@@ -14,7 +14,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load": ("powersam.model", "load"),
+    "load": ("powersam.loading", "load"),
     "Model": ("powersam.model", "Model"),
     "build_model": ("powersam.models.zoo", "build_model"),
     "list_models": ("powersam.models.zoo", "list_models"),

@@ -29,10 +29,10 @@ def load_served_model(sources: Sequence[str], checkpoint: Optional[Path] = None,
 
     ``spinning`` (``--ort-spinning``): ONNX Runtime's worker threads busy-wait after a run (True) or sleep (False);
     None keeps ORT's default. ONNX models only: ValueError for a PyTorch model."""
-    from ..model import _is_exported, load
+    from ..loading import is_exported, load
 
     paths = [Path(s) for s in sources]
-    if len(paths) > 1 or _is_exported(paths[0]):
+    if len(paths) > 1 or is_exported(paths[0]):
         if checkpoint is not None or img_size is not None:
             raise ValueError("--checkpoint and --img-size apply to PyTorch models; an export has its weights and "
                              "size built in")

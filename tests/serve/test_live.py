@@ -163,14 +163,14 @@ def test_sigterm_finishes_the_request_in_flight(serve_export):
     port = _free_port()
     script = textwrap.dedent(f"""
         import sys, time
-        import powersam.model
-        load = powersam.model.load
+        import powersam.loading
+        load = powersam.loading.load
         def slow_load(*args, **kwargs):
             model = load(*args, **kwargs)
             predict = model.detector.predict
             model.detector.predict = lambda *a, **k: (time.sleep(1.5), predict(*a, **k))[1]
             return model
-        powersam.model.load = slow_load
+        powersam.loading.load = slow_load
         from powersam.cli import main
         sys.exit(main(["serve", {str(serve_export)!r}, "--port", "{port}", "--threads", "1", "--log-level", "warning"]))
     """)
