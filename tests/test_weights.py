@@ -66,6 +66,14 @@ def test_only_the_plain_name_means_the_shipped_teacher(tmp_path):
         read_powersam_checkpoint(tmp_path / "synth")
 
 
+@pytest.mark.parametrize("name", ["synth", "synth_powersam_s"])
+def test_shipped_weights_build_at_the_size_they_were_trained_at_unless_asked(name):
+    # Built at the generic 1024 default, the 256-trained PowerSAM-S fell from box AP50 0.63 to 0.14 with no warning.
+    assert read_powersam_checkpoint(name)["model_config"]["img_size"] == weights.shipped_teacher_record(name)["img_size"] == 256
+    assert build_model(checkpoint=name, with_detector=False).model_config["img_size"] == 256
+    assert build_model(checkpoint=name, img_size=512, with_detector=False).model_config["img_size"] == 512
+
+
 # ---------------------------------------------------------------------------------------------- the shipped student
 
 def test_the_shipped_student_matches_its_record_and_names_its_teacher():
