@@ -64,6 +64,9 @@ def main() -> int:
     record = dict(shipped_teacher_record(backbone))
     for key in ("model", "file", "dtype", "bytes", "sha256"):  # recomputed by ship_weights
         record.pop(key, None)
+    # A run that continued the shipped head keeps the earlier runs it builds on (each with its own held-out numbers).
+    earlier = dict(record.get("detector") or {})
+    history = earlier.pop("history", []) + [earlier] if meta["total_steps"] > meta["steps"] and earlier else []
     record["detector"] = {
         "recipe": "configs/pretrain/synth_detector.yaml", "command": args.command, "steps": meta["steps"],
         "total_steps": meta["total_steps"], "scene_seed": meta["scene_seed"], "scene_offset": meta["scene_offset"],
@@ -71,7 +74,7 @@ def main() -> int:
         "wall_seconds": training_seconds(metrics) if metrics.is_file() else None, "machine": machine(),
         "git_commit": git_commit(), "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "heldout_seed": HELDOUT_SEED, "heldout_scenes": args.scenes, "heldout": detection,
-        "trivial": "no detection at all scores AP 0"}
+        "trivial": "no detection at all scores AP 0", "history": history}
     weights, record_path = ship_weights(args.detector, record, backbone)
     print(f"\nwrote {weights} ({weights.stat().st_size / 2**20:.1f} MiB) and {record_path}")
     return 0

@@ -54,6 +54,12 @@ class SynthDetectorConfig(BBPGConfig):
         return SceneSpec(self.scene_height, self.scene_width, self.min_objects, self.max_objects, self.size_jitter)
 
 
+def head_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """The head's own training record in a checkpoint's ``meta``: a ``synth-detector`` run's meta itself; for a
+    shipped model (whose top-level steps are its encoder's) its ``detector`` section."""
+    return meta if meta.get("stage") == "synth_detector" else dict(meta.get("detector") or {})
+
+
 def pretrain_detector(cfg: SynthDetectorConfig, resume: bool = False) -> Path:
     """Train the head on streamed scenes; returns ``output_dir/final.pt`` (the integrated model, whose meta records
     the steps and the scenes used, so a continued run can start past them)."""
@@ -72,7 +78,7 @@ def pretrain_detector(cfg: SynthDetectorConfig, resume: bool = False) -> Path:
                                  rank=info.rank, world_size=world)
     previous: dict[str, Any] = {}
     if cfg.head_checkpoint is not None:
-        previous = read_powersam_checkpoint(cfg.head_checkpoint).get("meta") or {}
+        previous = head_meta(read_powersam_checkpoint(cfg.head_checkpoint).get("meta") or {})
     steps = cfg.epochs * cfg.iters_per_epoch
     scenes = steps * cfg.batch_size * world
     meta = {"stage": "synth_detector", "steps": steps, "total_steps": int(previous.get("total_steps", 0)) + steps,

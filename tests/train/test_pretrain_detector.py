@@ -10,7 +10,7 @@ from powersam.data.synth_scene import SYNTH_CLASSES
 from powersam.models.zoo import build_model
 from powersam.train.bbpg import load_box_generator
 from powersam.train.metrics import read_metrics
-from powersam.train.pretrain_detector import SynthDetectorConfig, pretrain_detector
+from powersam.train.pretrain_detector import SynthDetectorConfig, head_meta, pretrain_detector
 
 SIZE = 64
 
@@ -77,3 +77,13 @@ def test_a_head_for_other_classes_or_no_head_is_refused(pretrained, backbone):
 def test_streamed_scenes_cannot_be_cached():
     with pytest.raises(ValueError, match="cache_features"):
         SynthDetectorConfig(cache_features=True).validate()
+
+
+def test_a_continued_head_counts_the_heads_steps_not_the_encoders():
+    # The shipped model's top-level total_steps are its encoder's (1559 in session 6); a head continued from it
+    # must add to the head's own count (the first continuation recorded 1559 + 1500).
+    shipped = {"stage": "synth_student", "total_steps": 1559, "detector": {"total_steps": 1500, "steps": 1500}}
+    assert head_meta(shipped)["total_steps"] == 1500
+    run = {"stage": "synth_detector", "total_steps": 4}
+    assert head_meta(run) is run
+    assert head_meta({"stage": "synth_student", "total_steps": 7}) == {}
