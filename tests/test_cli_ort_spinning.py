@@ -45,3 +45,14 @@ def test_serving_a_pytorch_model_refuses_the_flag():
 
     with pytest.raises(ValueError, match="--ort-spinning applies to exported ONNX models"):
         load_served_model(["powersam_s"], spinning=False)  # refused before anything is built
+
+
+def test_bench_console_rows_stay_aligned_with_long_runtime_labels():
+    from powersam.cli.bench import console_lines
+
+    records = [{"model": "powersam_s", "runtime": runtime, "latency_ms_median": 200.0 + i, "latency_ms_p90": 210.0,
+                "fps": 4.9} for i, runtime in enumerate(["onnx", "onnx[spin=off]", "onnx-int8[spin=off]"])]
+    records.append({"model": "powersam_s", "runtime": "tensorrt", "available": False, "error": "no GPU"})
+    lines = console_lines(records)
+    assert len({line.index("median") for line in lines[:3]}) == 1  # one column, whatever the label length
+    assert lines[3].endswith("no GPU") and "onnx-int8[spin=off] median" in lines[2]

@@ -197,12 +197,8 @@ def run_bench(args: argparse.Namespace) -> int:
     except (ValueError, TypeError, FileNotFoundError, RuntimeError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    for r in bench["records"]:
-        if r.get("available", True):
-            print(f"{r['model']:24s} {r['runtime']:10s} median {r['latency_ms_median']:9.2f} ms  "
-                  f"p90 {r['latency_ms_p90']:9.2f} ms  {r['fps']:7.2f} FPS")
-        else:
-            print(f"{r['model']:24s} {r['runtime']:10s} {r['error']}")
+    for line in console_lines(bench["records"]):
+        print(line)
     print(f"wrote {', '.join(str(p) for p in written.values())}")
     return 0
 
@@ -212,3 +208,19 @@ def register(sub: Any) -> None:
     p = sub.add_parser("bench", help="latency per frame and per stage, with params/GMACs, across models and runtimes")
     add_bench_arguments(p)
     p.set_defaults(func=run_bench)
+
+
+def console_lines(records: list[dict]) -> list[str]:
+    """One aligned line per bench record: columns as wide as the longest name (labels such as
+    ``onnx-int8[spin=off]`` outgrew a fixed width)."""
+    model_width = max([24, *(len(str(r["model"])) for r in records)])
+    runtime_width = max([10, *(len(str(r["runtime"])) for r in records)])
+    lines = []
+    for r in records:
+        head = f"{r['model']:{model_width}s} {r['runtime']:{runtime_width}s}"
+        if r.get("available", True):
+            lines.append(f"{head} median {r['latency_ms_median']:9.2f} ms  p90 {r['latency_ms_p90']:9.2f} ms  "
+                         f"{r['fps']:7.2f} FPS")
+        else:
+            lines.append(f"{head} {r['error']}")
+    return lines
