@@ -1,8 +1,7 @@
 """One model object for every backend: :class:`Model` (opened by :func:`powersam.load`, in :mod:`powersam.loading`).
 
-``source`` is a zoo name, a PowerSAM checkpoint (or an official one with ``name=``), a built ``nn.Module``, an
-exported ``.onnx`` graph, an interactive pair (folder, or either file), a folder written by :meth:`Model.export`,
-a TensorRT ``.engine``, or a list of such files. Whatever it is, the same calls work:
+Whatever the model was loaded from (a zoo name, a checkpoint, an ONNX graph or pair, a TensorRT engine), the same
+calls work:
 
 * :meth:`Model.predict` — detect and segment (models with a box-prompt generator or detector);
 * :meth:`Model.set_image` / :meth:`Model.segment` — prompt with boxes, points and masks;
@@ -11,7 +10,7 @@ a TensorRT ``.engine``, or a list of such files. Whatever it is, the same calls 
 * :meth:`Model.info` — what it is and where it runs.
 
 Both halves run the shared pipelines of :mod:`powersam.inference`; a backend only supplies the tensors. This module
-imports torch only when the source is a PyTorch model, so an ONNX model loads on a torch-free device.
+imports torch only inside the calls that need it, so an ONNX model runs on a torch-free device.
 """
 from __future__ import annotations
 
