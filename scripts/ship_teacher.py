@@ -83,7 +83,7 @@ def main() -> int:
         "total_steps": meta["total_steps"],
         "next_scene_offset": meta["next_scene_offset"],
         "scene_seed": meta["scene_seed"],
-        "img_size": int(meta.get("img_size") or 256),  # trained at; build_model's default size for it
+        "img_size": int(meta["img_size"]),  # trained at (pretrain records it): build_model's default size for it
         "wall_seconds_total": sum(r.get("wall_seconds") or 0.0 for r in history) + (seconds or 0.0),
         "heldout_seed": HELDOUT_SEED,
         "heldout_scenes": args.scenes,
