@@ -33,43 +33,26 @@ import torch
 from torch import nn
 
 from . import distributed as pdist
+from .amp import amp_pays_off
+from .checkpointing import ResumableTraining
 from .distributed import move_to_device, set_loader_epoch, unwrap_model
 from .ema import ModelEMA
 from .metrics import MetricsLogger, plot_curves
 from .schedule import set_lr
 from .signals import StopRequests
-from .state import capture_rng_state, load_training_state, restore_rng_state, save_training_state, seed_everything
+from .state import capture_rng_state, restore_rng_state, seed_everything
 
 logger = logging.getLogger("powersam.train")
 
 StepFn = Callable[[nn.Module, Any], Mapping[str, Any]]
 EpochHook = Callable[["Trainer", int], None]
-STATE_FORMAT = "powersam.training_state"
 
 
 class TrainingInterrupted(KeyboardInterrupt):
     """Raised after a signal-requested stop once ``last.pt`` has been written."""
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 in hardware (AVX-512 BF16 or AMX), as oneDNN reports it."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def amp_pays_off(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether autocast to ``dtype`` on ``device`` speeds training up. On a CPU without native bfloat16 every
-    bf16 convolution is emulated: measured 13x slower than float32 for the demo teacher's step on an AVX2 EPYC
-    (43 s against 3.3 s), so such CPUs train in float32 (logged once)."""
-    if device.type != "cpu" or dtype != torch.bfloat16 or cpu_has_native_bf16():
-        return True
-    logger.warning("amp requested, but this CPU has no native bfloat16 (no AVX-512 BF16 / AMX): training in float32")
-    return False
-
-
-class Trainer:
+class Trainer(ResumableTraining):
     """Epoch-based trainer; see the module docstring. Subclass and override :meth:`train_step`,
     :meth:`set_train_mode` or :meth:`extra_state` / :meth:`load_extra_state` where a stage needs to.
 
@@ -383,73 +366,3 @@ class Trainer:
                 plot_curves(self.metrics.path, self.curves_path)
         except Exception as error:  # a plotting problem must never cost a training run
             logger.warning("could not plot %s: %s", self.curves_path, error)
-
-    # ------------------------------------------------------------------ state
-    def save_state(self, collective: bool = True) -> Optional[Path]:
-        """Write ``last.pt`` (rank 0). ``collective``: all ranks call this (their RNG states are gathered)."""
-        model = unwrap_model(self.model)
-        # Checked on every rank (DDP keeps the parameters identical), so all ranks raise together.
-        if not all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.is_floating_point()):
-            raise FloatingPointError(f"refusing to save non-finite weights to {self.checkpoint_path}")
-        mine = (self._rng_after_commit, self._epoch_start_rng, self._window)
-        per_rank = pdist.all_gather_objects(mine) if collective else [mine]
-        written = None
-        if self.dist.is_main:
-            state = {
-                "format": STATE_FORMAT,
-                "version": 1,
-                "epoch": self.epoch,
-                "iter_in_epoch": self.iter_in_epoch,
-                "global_step": self.global_step,
-                "world_size": self.dist.world_size,
-                "model": model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "schedule": self.schedule.state_dict() if hasattr(self.schedule, "state_dict") else None,
-                "ema": self.ema.state_dict() if self.ema is not None else None,
-                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-                "rng": [r[0] for r in per_rank],
-                "epoch_start_rng": [r[1] for r in per_rank] if self.iter_in_epoch else None,
-                "log_window": [r[2] for r in per_rank],
-                "extra": self.extra_state(),
-            }
-            written = save_training_state(self.checkpoint_path, state)
-            if self.plot:
-                self._plot()
-        if collective:
-            pdist.barrier()
-        return written
-
-    def load_state(self, path: Union[str, Path]) -> None:
-        """Restore everything :meth:`save_state` wrote; every rank reads the same file."""
-        state = load_training_state(path, map_location="cpu")
-        if state.get("format") != STATE_FORMAT:
-            raise ValueError(f"{path} is not a PowerSAM training state (format={state.get('format')!r})")
-        unwrap_model(self.model).load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if state.get("schedule") is not None and hasattr(self.schedule, "load_state_dict"):
-            self.schedule.load_state_dict(state["schedule"])
-        if (state.get("ema") is None) != (self.ema is None):
-            raise ValueError(f"{path} was saved {'without' if state.get('ema') is None else 'with'} an EMA, this run is the opposite")
-        if self.ema is not None:
-            self.ema.load_state_dict(state["ema"])
-        if state.get("scaler") is not None and self.scaler.is_enabled():
-            self.scaler.load_state_dict(state["scaler"])
-        self.epoch, self.iter_in_epoch, self.global_step = int(state["epoch"]), int(state["iter_in_epoch"]), int(state["global_step"])
-        rank = self.dist.rank
-
-        def mine(per_rank: Optional[list]) -> Optional[dict]:
-            return per_rank[rank] if per_rank is not None and rank < len(per_rank) and per_rank[rank] is not None else None
-
-        rng, start_rng = mine(state["rng"]), mine(state.get("epoch_start_rng"))
-        if rng is None or (self.iter_in_epoch and start_rng is None) or int(state["world_size"]) != self.dist.world_size:
-            logger.warning("%s (saved with %s ranks) has no RNG state for rank %d of %d: reseeding, so the resumed "
-                           "run is not bit-identical", path, state["world_size"], rank, self.dist.world_size)
-            seed_everything(self.seed + rank + 1_000_003 * self.global_step)
-            rng = start_rng = capture_rng_state()
-        restore_rng_state(rng)
-        self._resume_rngs = (start_rng, rng)
-        window = mine(state.get("log_window"))
-        self._window = {"sums": dict(window["sums"]), "count": int(window["count"])} if window else {"sums": {}, "count": 0}
-        self._window_start = time.perf_counter()
-        self.load_extra_state(state.get("extra") or {})
-        logger.info("resumed from %s at epoch %d, step %d", path, self.epoch, self.global_step)

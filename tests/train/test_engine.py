@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 import powersam.train.state as state_module
-import powersam.train.engine as engine_module
+import powersam.train.amp as amp_module
 from ddp_toy import build_toy_model, make_dataset, mse_step
 from powersam.train import distributed as pdist
 from powersam.train.ema import ModelEMA
@@ -431,7 +431,7 @@ def test_trainer_rejects_bad_arguments(tmp_path, kwargs):
 
 
 def test_bf16_autocast_on_cpu_runs(tmp_path, monkeypatch):
-    monkeypatch.setattr(engine_module, "cpu_has_native_bf16", lambda: True)  # exercise the bf16 path on any CPU
+    monkeypatch.setattr(amp_module, "cpu_has_native_bf16", lambda: True)  # exercise the bf16 path on any CPU
     trainer, loader = make_trainer(tmp_path, max_epochs=1, amp=True)
     assert trainer.amp
     trainer.fit(loader)
@@ -440,7 +440,7 @@ def test_bf16_autocast_on_cpu_runs(tmp_path, monkeypatch):
 
 def test_amp_falls_back_to_float32_on_cpus_without_native_bf16(tmp_path, monkeypatch, caplog):
     # emulated bf16 made the demo teacher's step 13x slower than float32 on an AVX2-only CPU
-    monkeypatch.setattr(engine_module, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(amp_module, "cpu_has_native_bf16", lambda: False)
     with caplog.at_level("WARNING", logger="powersam.train"):
         trainer, _ = make_trainer(tmp_path, max_epochs=1, amp=True)
     assert not trainer.amp and "no native bfloat16" in caplog.text
