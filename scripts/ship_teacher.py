@@ -38,6 +38,21 @@ def earlier_runs(meta: dict) -> list[dict]:
     return earlier_runs(earlier) + [earlier_run_record(earlier, path.parent, "synth-teacher")]
 
 
+def earlier_shipped_sha256(meta: dict) -> list[str]:
+    """The sha256 of every shipped teacher this one continues, oldest first: a student distilled from an earlier
+    shipped teacher still names its ancestor (tests check the student's ``teacher_sha256`` against this lineage)."""
+    init = meta.get("init_checkpoint")
+    if init is None:
+        return []
+    if init == "synth":
+        try:
+            shipped = shipped_teacher_record()
+        except ShippedWeightsError:
+            return []
+        return list(shipped.get("earlier_sha256", [])) + [shipped["sha256"]]
+    return earlier_shipped_sha256(read_powersam_checkpoint(Path(init)).get("meta") or {})
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("teacher", type=Path, help="teacher.pt written by `powersam train synth-teacher`")
@@ -89,6 +104,7 @@ def main() -> int:
         "heldout_scenes": args.scenes,
         "heldout": heldout,
         "runs": history + [run],
+        "earlier_sha256": earlier_shipped_sha256(meta),
     }
     weights, record_path = ship_weights(args.teacher, record, "synth")
     print(f"\nwrote {weights} ({weights.stat().st_size / 2**20:.1f} MiB) and {record_path}")
