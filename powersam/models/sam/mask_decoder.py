@@ -126,14 +126,13 @@ class MaskDecoder(nn.Module):
             masks: B×M×4h×4w low-res mask logits (M = 1, 3 or 4).
             iou_pred: B×M predicted mask IoU.
         """
-        selected = self.output_slice(multimask_output)
-        masks, iou_pred = self.predict_masks(
+        return self.predict_masks(
             image_embeddings=image_embeddings,
             image_pe=image_pe,
             sparse_prompt_embeddings=sparse_prompt_embeddings,
             dense_prompt_embeddings=dense_prompt_embeddings,
+            token_slice=self.output_slice(multimask_output),
         )
-        return masks[:, selected], iou_pred[:, selected]
 
     def _check_inputs(
         self,
@@ -172,10 +171,12 @@ class MaskDecoder(nn.Module):
         image_pe: torch.Tensor,
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
+        token_slice: slice = slice(None),
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run the decoder and return all mask tokens: (B×num_mask_tokens×4h×4w logits, B×num_mask_tokens IoU).
+        """Run the decoder and return the mask tokens ``token_slice`` (default all): (B×M×4h×4w logits, B×M IoU).
 
-        Shapes as in :meth:`forward`.
+        Shapes as in :meth:`forward`. Only the returned tokens' masks are computed: a box prompt's single mask
+        skips three quarters of the hypernetwork product and of the final rearrangement (4h×4w per token).
         """
         self._check_inputs(image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings)
         num_prompts = sparse_prompt_embeddings.shape[0]
@@ -194,9 +195,13 @@ class MaskDecoder(nn.Module):
         hs, src = self.transformer(src, image_pe, tokens)
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
+        # Inference computes only the returned tokens' masks. Training keeps every token in the graph: DDP needs
+        # each parameter used, and the optimiser then sees the zero gradients SAM's decoder gives it.
+        computed = slice(None) if torch.is_grad_enabled() else token_slice
+        wanted = range(self.num_mask_tokens)[computed]
         hyper_in = torch.stack(
-            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
-        )  # B×num_mask_tokens×C/8
+            [self.output_hypernetworks_mlps[i](mask_tokens_out[:, i, :]) for i in wanted], dim=1
+        )  # B×M×C/8
         if self._upscaling_is_sams():
             masks = self._masks_channels_last(src, hyper_in, height, width)
         else:
@@ -204,10 +209,10 @@ class MaskDecoder(nn.Module):
             upscaled = self.output_upscaling(src)  # B×C/8×4h×4w
             batch, up_channels, up_height, up_width = upscaled.shape
             masks = (hyper_in @ upscaled.reshape(batch, up_channels, up_height * up_width)).reshape(
-                batch, self.num_mask_tokens, up_height, up_width
+                batch, len(wanted), up_height, up_width
             )
         iou_pred = self.iou_prediction_head(iou_token_out)
-        return masks, iou_pred
+        return (masks if computed == token_slice else masks[:, token_slice]), iou_pred[:, token_slice]
 
     def _upscaling_is_sams(self) -> bool:
         """True when ``output_upscaling`` is SAM's: ConvT 2×2/s2, LayerNorm2d, act, ConvT 2×2/s2, act, and no forward
@@ -231,10 +236,11 @@ class MaskDecoder(nn.Module):
         batch = src.shape[0]
 
         def conv_t(x: torch.Tensor, conv: nn.ConvTranspose2d) -> torch.Tensor:
-            # weight Cin×Cout×2×2 → Cin×(2·2·Cout): output rows ordered (di, dj, channel)
-            weight = conv.weight.permute(0, 2, 3, 1).reshape(conv.in_channels, 4 * conv.out_channels)
-            out = (x @ weight).unflatten(-1, (4, conv.out_channels))
-            return out + conv.bias if conv.bias is not None else out
+            # weight Cin×Cout×2×2 → (2·2·Cout)×Cin: output rows ordered (di, dj, channel); the bias, repeated
+            # per (di, dj), goes into the matmul (addmm) instead of a separate pass over the 4×-larger output
+            weight = conv.weight.permute(2, 3, 1, 0).reshape(4 * conv.out_channels, conv.in_channels)
+            bias = conv.bias.repeat(4) if conv.bias is not None else None
+            return F.linear(x, weight, bias).unflatten(-1, (4, conv.out_channels))
 
         x = conv_t(src, up1)  # B×hw×4×C1, blocks (a, b)
         x = act1(F.layer_norm(x, (x.shape[-1],), norm.weight, norm.bias, norm.eps))
