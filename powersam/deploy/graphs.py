@@ -213,7 +213,9 @@ class DecoderGraph(nn.Module):
         sparse = self.prompt_encoder._embed_points(point_coords, point_labels, pad=False)
         no_mask = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
         dense = has_mask_input * self.prompt_encoder._embed_masks(mask_input) + (1 - has_mask_input) * no_mask
-        extra = {"high_res_features": high_res_features} if self.high_res else {}
+        first, last = self.token_indices[0], self.token_indices[-1] + 1
+        # SAM's decoder computes only the returned tokens' masks; SAM 2's takes its high-resolution features instead
+        extra = {"high_res_features": high_res_features} if self.high_res else {"token_slice": slice(first, last)}
         outputs = self.mask_decoder.predict_masks(
             image_embeddings=image_embeddings,
             image_pe=self.prompt_encoder.get_dense_pe(),
@@ -222,8 +224,9 @@ class DecoderGraph(nn.Module):
             **extra,
         )
         masks, iou_predictions = outputs[0], outputs[1]  # SAM 2 also returns object-score logits
-        first, last = self.token_indices[0], self.token_indices[-1] + 1
-        return masks[:, first:last], iou_predictions[:, first:last]
+        if self.high_res:
+            return masks[:, first:last], iou_predictions[:, first:last]
+        return masks, iou_predictions
 
 
 class _DetectSegmentGraph(nn.Module):
