@@ -298,6 +298,21 @@ def test_mask_decoder_matches_reference(pair, prompts_case):
             assert_close_scaled(iou, ref_iou)
 
 
+@pytest.mark.parametrize("prompts_case", ["points", "points_boxes", "all"])
+def test_mask_decoder_inference_shortcuts_equal_the_training_path(pair, prompts_case):
+    """Under no_grad the decoder attends over shared keys once, runs the image→token attention as dense products
+    and upscales in slices; with autograd on it runs SAM's op sequence. Both must give the same masks."""
+    ours, _ = pair
+    inputs = _decoder_inputs(ours, prompts_case)
+    for multimask in (False, True):
+        with torch.no_grad():
+            fast, fast_iou = ours.mask_decoder(**inputs, multimask_output=multimask)
+        plain, plain_iou = ours.mask_decoder(**inputs, multimask_output=multimask)
+        assert plain.requires_grad  # the plain path really ran
+        assert_close_scaled(fast, plain.detach())
+        assert_close_scaled(fast_iou, plain_iou.detach())
+
+
 def test_mask_decoder_int_multimask_selects_tokens(pair):
     ours, _ = pair
     with torch.no_grad():

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..common import LayerNorm2d
+from .transformer import eager_inference
 
 MultimaskOutput = Union[bool, int]
 
@@ -242,11 +243,23 @@ class MaskDecoder(nn.Module):
             bias = conv.bias.repeat(4) if conv.bias is not None else None
             return F.linear(x, weight, bias).unflatten(-1, (4, conv.out_channels))
 
-        x = conv_t(src, up1)  # B×hw×4×C1, blocks (a, b)
-        x = act1(F.layer_norm(x, (x.shape[-1],), norm.weight, norm.bias, norm.eps))
-        x = act2(conv_t(x, up2))  # B×hw×4×4×C2, blocks (a, b) then (c, d)
         tokens = hyper_in.shape[1]
-        masks = x.reshape(batch, 16 * height * width, x.shape[-1]) @ hyper_in.transpose(1, 2)  # B×(hw·4·4)×T
+
+        def upscale(rows: torch.Tensor) -> torch.Tensor:
+            """B×n×C image tokens → B×(n·4·4)×T mask logits, rows ordered (token, a, b, c, d)."""
+            x = conv_t(rows, up1)  # B×n×4×C1, blocks (a, b)
+            x = act1(F.layer_norm(x, (x.shape[-1],), norm.weight, norm.bias, norm.eps))
+            x = act2(conv_t(x, up2))  # B×n×4×4×C2, blocks (a, b) then (c, d)
+            return x.reshape(batch, 16 * rows.shape[1], x.shape[-1]) @ hyper_in.transpose(1, 2)
+
+        if eager_inference():
+            # Every image token's 4×4 block is computed on its own, so the tokens go through in slices: the two
+            # upscaled tensors (16× the tokens, B×hw×4×4×C2 alone is 42 MB for 5 prompts at 1024) then never
+            # leave the cache, and no fresh large buffer is faulted in per call. Outputs are identical.
+            step = max(16, 2048 // max(batch, 1))
+            masks = torch.cat([upscale(src[:, i : i + step]) for i in range(0, src.shape[1], step)], dim=1)
+        else:
+            masks = upscale(src)  # B×(hw·4·4)×T
         # row 4i + 2a + c, column 4j + 2b + d
         masks = masks.reshape(batch, height, width, 2, 2, 2, 2, tokens).permute(0, 7, 1, 3, 5, 2, 4, 6)
         return masks.reshape(batch, tokens, 4 * height, 4 * width)

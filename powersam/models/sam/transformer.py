@@ -14,6 +14,13 @@ from torch import Tensor, nn
 from ..common import MLPBlock
 
 
+def eager_inference() -> bool:
+    """True outside autograd and graph capture: where the decoder may take its inference shortcuts (attention over
+    shared keys, few-key attention as dense products, upscaling in cache-sized slices). Training keeps SAM's exact op sequence; an ONNX export traces the plain graph, which
+    ONNX Runtime fuses by its own patterns."""
+    return not torch.is_grad_enabled() and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export()
+
+
 class Attention(nn.Module):
     """Multi-head attention with separate q/k/v/out projections and an optional narrower internal width.
 
@@ -48,12 +55,52 @@ class Attention(nn.Module):
         return x.transpose(1, 2).reshape(batch, tokens, heads * channels)
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """q: B×Nq×C, k and v: B×Nk×C → B×Nq×C."""
-        q = self._split_heads(self.q_proj(q))
-        k = self._split_heads(self.k_proj(k))
-        v = self._split_heads(self.v_proj(v))
+        """q: B×Nq×C, k and v: B×Nk×C (or 1×Nk×C, shared by the B query sets) → B×Nq×C."""
+        return self.attend_projected(self.q_proj(q), self.k_proj(k), self.v_proj(v))
+
+    def attend_projected(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Attention of already projected q B×Nq×c, k and v B×Nk×c (c = internal width) → B×Nq×C."""
+        batch, num_queries = q.shape[:2]
+        if eager_inference():
+            if batch > 1 and k.shape[0] == 1 and v.shape[0] == 1:
+                # Keys and values shared by every query set (the first layer's token→image attention on one image
+                # for all prompts): each query attends on its own, so the B sets attend side by side as one. A
+                # stride-0 batch instead sends the fused kernel to its slow path, which copies the keys per prompt.
+                out = self.attend_projected(q.reshape(1, batch * num_queries, q.shape[2]), k, v)
+                return out.reshape(batch, num_queries, -1)
+            if k.shape[1] <= 16 and num_queries >= 256:
+                return self._attend_few_keys(q, k, v)
+        q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)
         out = F.scaled_dot_product_attention(q, k, v) if self.fused else self._attend(q, k, v)
         return self.out_proj(self._merge_heads(out))
+
+    def _attend_few_keys(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Image→token attention (thousands of queries, a handful of keys) as two dense products, token-major,
+        output projection included.
+
+        q B×Nq×c, k and v B×Nk×c (or 1×…) → B×Nq×C. The keys and values of all heads go into block-diagonal
+        c×(heads·Nk) and (heads·Nk)×c matrices, so the scores of every head come from one product with the queries
+        as they are, and no head split or merge copies the Nq×c tensors; the softmax is spelled out (the library's
+        vectorises badly over rows of Nk < 16 values). The output projection is folded into the values:
+        (P·V)·Woᵀ + b = P·(V·Woᵀ + b/heads), since each head's weights P sum to 1, so the Nq×c attention output is
+        never formed. Equal to the plain path up to float rounding.
+        """
+        heads, nk, head_dim = self.num_heads, k.shape[1], q.shape[2] // self.num_heads
+        eye = torch.eye(heads, dtype=q.dtype, device=q.device)
+        k_heads = k.reshape(k.shape[0], nk, heads, head_dim).permute(0, 2, 3, 1)  # B×h×d×Nk
+        k_block = (k_heads[:, :, :, None, :] * eye[None, :, None, :, None]).reshape(k.shape[0], heads * head_dim,
+                                                                                    heads * nk)
+        scores = q @ (k_block / math.sqrt(head_dim))  # B×Nq×(h·Nk); a 1×Nq×c q broadcasts over B key sets
+        batch = scores.shape[0]
+        scores = scores.view(batch, q.shape[1], heads, nk)
+        scores = scores - scores.amax(dim=-1, keepdim=True)
+        scores = scores.exp_()
+        scores = scores / scores.sum(dim=-1, keepdim=True)
+        v_heads = v.reshape(v.shape[0], nk, heads, head_dim).transpose(1, 2)  # B×h×Nk×d
+        v_block = (v_heads[:, :, :, None, :] * eye[None, :, None, :, None]).reshape(v.shape[0], heads * nk,
+                                                                                    heads * head_dim)
+        values = v_block @ self.out_proj.weight.t() + self.out_proj.bias / heads  # B×(h·Nk)×C
+        return scores.view(batch, q.shape[1], heads * nk) @ values
 
     @staticmethod
     def _attend(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
