@@ -159,13 +159,12 @@ class TwoWayAttentionBlock(nn.Module):
         queries = self.norm1(queries)
 
         q = queries + query_pe
-        k = keys + key_pe
+        k = keys + key_pe  # the image side does not change before norm4: both cross-attentions use this k
         queries = self.norm2(queries + self.cross_attn_token_to_image(q=q, k=k, v=keys))
 
         queries = self.norm3(queries + self.mlp(queries))
 
         q = queries + query_pe
-        k = keys + key_pe
         keys = self.norm4(self.cross_attn_image_to_token(q=k, k=q, v=queries, residual=keys))
         return queries, keys
 
