@@ -3,35 +3,23 @@
     python scripts/ab_decoder.py [--sizes 512,1024] [--threads 2] [--rounds 9]
 
 ``segment_boxes`` (prompt encoder + mask decoder, single-mask output) of PowerSAM-S with seeded random weights on one
-image embedding, 1 and 5 boxes. "plain" switches ``eager_inference`` off, so the decoder runs the op sequence it runs
-under autograd (SAM's); "shortcuts" is what ``no_grad`` inference runs (shared-key attention once, few-key attention
+image embedding, 1 and 5 boxes. "plain" runs inside ``reference_ops()``: the op sequence the decoder runs under
+autograd (SAM's); "shortcuts" is what ``no_grad`` inference runs (shared-key attention once, few-key attention
 as dense products, upscaling in slices). Prints medians and the largest output difference between the two.
 """
 from __future__ import annotations
 
 import argparse
 import time
-from contextlib import contextmanager
 
 import numpy as np
 import torch
 
-from powersam.models.sam import mask_decoder, transformer
+from powersam.models.sam.transformer import reference_ops
 from powersam.models.zoo import build_model
 
 BOXES = torch.tensor([[0.1, 0.1, 0.3, 0.4], [0.5, 0.2, 0.7, 0.6], [0.2, 0.5, 0.4, 0.9], [0.6, 0.6, 0.9, 0.8],
                       [0.3, 0.3, 0.6, 0.6]])
-
-
-@contextmanager
-def plain_ops():
-    """Run the decoder as under autograd (the switch both modules read)."""
-    saved = transformer.eager_inference
-    transformer.eager_inference = mask_decoder.eager_inference = lambda: False
-    try:
-        yield
-    finally:
-        transformer.eager_inference = mask_decoder.eager_inference = saved
 
 
 def timed_ms(fn) -> float:
@@ -55,14 +43,14 @@ def main() -> None:
         times: dict[tuple[str, int], list[float]] = {}
         with torch.no_grad():
             fast = model.segment_boxes(embedding, boxes)
-            with plain_ops():
+            with reference_ops():
                 plain = model.segment_boxes(embedding, boxes)
             diff = max(float((a.float() - b.float()).abs().max()) for a, b in zip(fast, plain))
             for _ in range(args.rounds):  # round-robin: drift hits both alike
                 for count in (1, 5):
                     times.setdefault(("shortcuts", count), []).append(
                         timed_ms(lambda: model.segment_boxes(embedding, boxes[:count])))
-                    with plain_ops():
+                    with reference_ops():
                         times.setdefault(("plain", count), []).append(
                             timed_ms(lambda: model.segment_boxes(embedding, boxes[:count])))
         median = {key: float(np.median(values)) for key, values in times.items()}

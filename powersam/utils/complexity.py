@@ -90,7 +90,8 @@ def count_macs(
     inputs: tuple[Any, ...] | Mapping[str, Any] | torch.Tensor,
     mode: MacMode = "paper",
 ) -> MacReport:
-    """Run one forward pass of ``module`` under ``torch.inference_mode()`` and count its MACs.
+    """Run one forward pass of ``module`` under ``torch.inference_mode()`` (and the decoder's reference ops) and count
+    its MACs.
 
     Args:
         module: any module; every submodule is in eval mode for the pass and gets its own training flag back.
@@ -110,10 +111,14 @@ def count_macs(
     else:
         raise TypeError(f"inputs must be a tuple, a mapping or a tensor, got {type(inputs).__name__}")
 
+    # SAM's op sequence, not the decoder's inference shortcuts: the count is of the model as defined (every
+    # projection module called, all mask tokens), whatever work an optimised forward skips or folds
+    from ..models.sam.transformer import reference_ops
+
     training_flags = [(sub, sub.training) for sub in module.modules()]
     module.eval()
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), reference_ops():
             if mode == "full":
                 total, by_child = _count_full(module, args, kwargs)
             else:

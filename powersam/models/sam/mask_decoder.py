@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..common import LayerNorm2d
-from .transformer import eager_inference
+from .transformer import eager_inference, shortcuts_allowed
 
 MultimaskOutput = Union[bool, int]
 
@@ -198,7 +198,7 @@ class MaskDecoder(nn.Module):
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
         # Inference computes only the returned tokens' masks. Training keeps every token in the graph: DDP needs
         # each parameter used, and the optimiser then sees the zero gradients SAM's decoder gives it.
-        computed = slice(None) if torch.is_grad_enabled() else token_slice
+        computed = token_slice if not torch.is_grad_enabled() and shortcuts_allowed() else slice(None)
         wanted = range(self.num_mask_tokens)[computed]
         hyper_in = torch.stack(
             [self.output_hypernetworks_mlps[i](mask_tokens_out[:, i, :]) for i in wanted], dim=1

@@ -6,6 +6,8 @@ Names (``layers.{i}.{self_attn,cross_attn_token_to_image,cross_attn_image_to_tok
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -14,11 +16,33 @@ from torch import Tensor, nn
 from ..common import MLPBlock
 
 
+_shortcuts_allowed = True
+
+
+@contextmanager
+def reference_ops() -> Iterator[None]:
+    """Inside this block the mask decoder runs SAM's op sequence even without autograd: MAC counts that match the
+    model's definition (spec §2.5), and A/B timings of the shortcuts (``scripts/ab_decoder.py``)."""
+    global _shortcuts_allowed
+    saved, _shortcuts_allowed = _shortcuts_allowed, False
+    try:
+        yield
+    finally:
+        _shortcuts_allowed = saved
+
+
+def shortcuts_allowed() -> bool:
+    """False inside :func:`reference_ops`."""
+    return _shortcuts_allowed
+
+
 def eager_inference() -> bool:
-    """True outside autograd and graph capture: where the decoder may take its inference shortcuts (attention over
-    shared keys, few-key attention as dense products, upscaling in cache-sized slices). Training keeps SAM's exact op sequence; an ONNX export traces the plain graph, which
-    ONNX Runtime fuses by its own patterns."""
-    return not torch.is_grad_enabled() and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export()
+    """True outside autograd, graph capture and :func:`reference_ops`: where the decoder may take its inference
+    shortcuts (attention over shared keys, few-key attention as dense products, upscaling in cache-sized slices).
+    Training keeps SAM's exact op sequence; an ONNX export traces the plain graph, which ONNX Runtime fuses by its
+    own patterns."""
+    return (_shortcuts_allowed and not torch.is_grad_enabled() and not torch.jit.is_tracing()
+            and not torch.onnx.is_in_onnx_export())
 
 
 class Attention(nn.Module):
