@@ -1,6 +1,7 @@
 """SAM v1 (powersam.models.sam): checkpoint layout and numerical equivalence with Meta's segment-anything."""
 from __future__ import annotations
 
+import copy
 import importlib
 import math
 import sys
@@ -311,6 +312,21 @@ def test_mask_decoder_inference_shortcuts_equal_the_training_path(pair, prompts_
         assert plain.requires_grad  # the plain path really ran
         assert_close_scaled(fast, plain.detach())
         assert_close_scaled(fast_iou, plain_iou.detach())
+
+
+def test_dense_pe_reused_at_inference_follows_the_gaussian_matrix(pair):
+    encoder = copy.deepcopy(pair[0].prompt_encoder)  # the fixture is shared: change a copy
+    with torch.no_grad():
+        first = encoder.get_dense_pe()
+        assert encoder.get_dense_pe() is first  # reused
+        state = {k: v.clone() for k, v in encoder.state_dict().items()}
+        state["pe_layer.positional_encoding_gaussian_matrix"] *= 2
+        encoder.load_state_dict(state)
+        changed = encoder.get_dense_pe()
+    torch.testing.assert_close(changed, encoder.get_dense_pe().detach())  # the same as computed afresh
+    assert not torch.allclose(changed, first)
+    with torch.no_grad():
+        assert encoder.double().get_dense_pe().dtype == torch.float64  # a converted module does not reuse it
 
 
 def test_mask_decoder_int_multimask_selects_tokens(pair):
