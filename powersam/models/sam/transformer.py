@@ -52,7 +52,8 @@ def token_major(x: Tensor) -> Tensor:
     1×256×64×64 embedding on one thread, the 2-D one 0.8 ms. A tensor already laid out token-major is not copied.
     """
     tokens = x.flatten(2).transpose(1, 2)
-    if tokens.is_contiguous() or x.device.type != "cpu":
+    traced = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()  # a loop would fix the batch size in a graph
+    if tokens.is_contiguous() or x.device.type != "cpu" or traced:
         return tokens.contiguous()
     out = torch.empty(tokens.shape, dtype=x.dtype, device=x.device)
     channels_first = x.flatten(2)
