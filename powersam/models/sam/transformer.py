@@ -147,8 +147,11 @@ class Attention(nn.Module):
         values = v_block @ self.out_proj.weight.t() + self.out_proj.bias / heads  # B×(h·Nk)×C
         scores = scores.view(batch, q.shape[1], heads * nk)
         values = values.expand(batch, -1, -1)
-        # One matrix product per prompt: a batched product with an inner size of h·Nk (56 for SAM's box prompt)
-        # ran at half the speed of these (measured on AVX2), and addmm adds the residual on the way.
+        if q.device.type != "cpu":
+            out = scores @ values
+            return out if residual is None else residual + out
+        # One matrix product per prompt on the CPU: a batched product with an inner size of h·Nk (56 for SAM's box
+        # prompt) ran at half the speed of these (AVX2), and addmm adds the residual on the way.
         out = scores.new_empty(batch, q.shape[1], values.shape[2])
         for i in range(batch):
             if residual is None:
