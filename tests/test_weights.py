@@ -69,7 +69,7 @@ def test_only_the_plain_name_means_the_shipped_teacher(tmp_path):
 @pytest.mark.parametrize("name", ["synth", "synth_powersam_s"])
 def test_shipped_weights_build_at_the_size_they_were_trained_at_unless_asked(name):
     # Built at the generic 1024 default, the 256-trained PowerSAM-S fell from box AP50 0.63 to 0.14 with no warning.
-    trained_at = {"synth": 320, "synth_powersam_s": 256}[name]  # the recipes' img_size (docs/teacher.md)
+    trained_at = {"synth": 384, "synth_powersam_s": 256}[name]  # the recipes' img_size (docs/teacher.md)
     assert read_powersam_checkpoint(name)["model_config"]["img_size"] == weights.shipped_teacher_record(name)["img_size"] == trained_at
     assert build_model(checkpoint=name, with_detector=False).model_config["img_size"] == trained_at
     assert build_model(checkpoint=name, img_size=512, with_detector=False).model_config["img_size"] == 512
