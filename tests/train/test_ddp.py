@@ -26,7 +26,9 @@ def ddp_run(tmp_path_factory) -> Path:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", str(SCRIPT), str(out)]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, f"torchrun failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    finished = sorted(path.name for path in out.glob("rank*.json"))  # written before the ranks leave the group
+    assert result.returncode == 0, (f"torchrun failed ({result.returncode}; rank files written: {finished}):\n"
+                                    f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return out
 
 
