@@ -1,16 +1,19 @@
 """PyTorch mask decoder: time per extra box prompt against this machine's matmul roofline, in one run.
 
-    python scripts/decoder_per_box.py [--sizes 512,1024] [--threads 2] [--repeats 9]
+    python scripts/decoder_per_box.py [--sizes 512,1024] [--threads 2] [--repeats 9] [--plain]
 
 Times ``segment_boxes`` (prompt encoder + mask decoder, single-mask output, what ``predict`` runs per detection) of
 PowerSAM-S with seeded random weights on one image embedding for 1 and 5 boxes, round-robin with a float32 matmul
 probe; per extra box = (t5 - t1) / 4. The roofline is the decoder's multiply-accumulates per box (the profiler's FLOP
-estimate of its matrix products, see ``true_gmacs``) at the probe's median rate.
+estimate of its matrix products, see ``true_gmacs``) at the probe's median rate. ``--plain`` also times SAM's op
+sequence (``reference_ops``: none of the decoder's inference shortcuts) in the same rounds, and prints the largest
+output difference between the two.
 """
 from __future__ import annotations
 
 import argparse
 import time
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -45,6 +48,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="512,1024")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--plain", action="store_true", help="also time SAM's op sequence (no inference shortcuts)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -60,21 +64,31 @@ def main() -> None:
                               [0.6, 0.6, 0.9, 0.8], [0.3, 0.3, 0.6, 0.6]]) * size
         per_box_gmacs = true_gmacs(model, embedding, boxes[:1])
         five_gmacs = true_gmacs(model, embedding, boxes)
+        variants = {"": nullcontext, " (SAM's op sequence)": reference_ops} if args.plain else {"": nullcontext}
+        times: dict[tuple[str, int], list[float]] = {}
         with torch.no_grad():
             for _ in range(2):
                 model.segment_boxes(embedding, boxes)
-            ones, fives = [], []
-            for _ in range(args.repeats):  # round-robin: drift hits both alike
-                ones.append(median_ms(lambda: model.segment_boxes(embedding, boxes[:1]), 1))
-                fives.append(median_ms(lambda: model.segment_boxes(embedding, boxes), 1))
-        t1, t5 = float(np.median(ones)), float(np.median(fives))
-        extra = (t5 - t1) / 4
+            if args.plain:
+                fast = model.segment_boxes(embedding, boxes)
+                with reference_ops():
+                    plain = model.segment_boxes(embedding, boxes)
+                diff = max(float((a.float() - b.float()).abs().max()) for a, b in zip(fast, plain))
+                print(f"S={size}: largest output difference, shortcuts vs SAM's op sequence: {diff:.1e}")
+            for _ in range(args.repeats):  # round-robin: drift hits every variant alike
+                for label, mode in variants.items():
+                    with mode():
+                        for count in (1, 5):
+                            times.setdefault((label, count), []).append(
+                                median_ms(lambda: model.segment_boxes(embedding, boxes[:count]), 1))
         extra_gmacs = (five_gmacs - per_box_gmacs) / 4
         roof = 2e3 * extra_gmacs / gflops
-        print(f"S={size}: 1 box {t1:.1f} ms ({per_box_gmacs:.2f} GMACs), 5 boxes {t5:.1f} ms ({five_gmacs:.2f} GMACs); "
-              f"per extra box {extra:.1f} ms for {extra_gmacs:.2f} GMACs = {extra / roof:.2f}x its roofline "
-              f"({roof:.1f} ms)")
-
+        for label in variants:
+            t1, t5 = float(np.median(times[(label, 1)])), float(np.median(times[(label, 5)]))
+            extra = (t5 - t1) / 4
+            print(f"S={size}{label}: 1 box {t1:.1f} ms ({per_box_gmacs:.2f} GMACs), 5 boxes {t5:.1f} ms "
+                  f"({five_gmacs:.2f} GMACs); per extra box {extra:.1f} ms for {extra_gmacs:.2f} GMACs = "
+                  f"{extra / roof:.2f}x its roofline ({roof:.1f} ms)")
 
 if __name__ == "__main__":
     main()

@@ -22,7 +22,7 @@ _shortcuts_allowed = True
 @contextmanager
 def reference_ops() -> Iterator[None]:
     """Inside this block the mask decoder runs SAM's op sequence even without autograd: MAC counts that match the
-    model's definition (spec §2.5), and A/B timings of the shortcuts (``scripts/ab_decoder.py``)."""
+    model's definition (spec §2.5), and A/B timings of the shortcuts (``scripts/decoder_per_box.py --plain``)."""
     global _shortcuts_allowed
     saved, _shortcuts_allowed = _shortcuts_allowed, False
     try:
