@@ -113,12 +113,12 @@ class PromptEncoder(nn.Module):
         if not eager_inference():
             return self.pe_layer(self.image_embedding_size).unsqueeze(0)
         matrix = self.pe_layer.positional_encoding_gaussian_matrix
-        key = (matrix.data_ptr(), matrix._version, matrix.dtype, matrix.device, tuple(self.image_embedding_size))
-        cached = getattr(self, "_dense_pe_cache", None)
-        if cached is None or cached[0] != key:
-            cached = (key, self.pe_layer(self.image_embedding_size).unsqueeze(0))
+        key = (matrix._version, tuple(self.image_embedding_size))
+        cached = getattr(self, "_dense_pe_cache", None)  # (the matrix object itself, key, encoding)
+        if cached is None or cached[0] is not matrix or cached[1] != key:
+            cached = (matrix, key, self.pe_layer(self.image_embedding_size).unsqueeze(0))
             self._dense_pe_cache = cached
-        return cached[1]
+        return cached[2]
 
     def _embed_points(self, points: torch.Tensor, labels: torch.Tensor, pad: bool) -> torch.Tensor:
         """points B×N×2 (pixels), labels B×N → B×(N+pad)×embed_dim."""
