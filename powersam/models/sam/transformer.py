@@ -36,13 +36,17 @@ def shortcuts_allowed() -> bool:
     return _shortcuts_allowed
 
 
+def _capturing_graph() -> bool:
+    """True while torch.jit traces or torch.onnx exports: Python-level branching and loops would be baked in."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
 def eager_inference() -> bool:
     """True outside autograd, graph capture and :func:`reference_ops`: where the decoder may take its inference
     shortcuts (attention over shared keys, few-key attention as dense products, upscaling in cache-sized slices).
     Training keeps SAM's exact op sequence; an ONNX export traces the plain graph, which ONNX Runtime fuses by its
     own patterns."""
-    return (_shortcuts_allowed and not torch.is_grad_enabled() and not torch.jit.is_tracing()
-            and not torch.onnx.is_in_onnx_export())
+    return _shortcuts_allowed and not torch.is_grad_enabled() and not _capturing_graph()
 
 
 def token_major(x: Tensor) -> Tensor:
@@ -52,8 +56,8 @@ def token_major(x: Tensor) -> Tensor:
     1×256×64×64 embedding on one thread, the 2-D one 0.8 ms. A tensor already laid out token-major is not copied.
     """
     tokens = x.flatten(2).transpose(1, 2)
-    traced = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()  # a loop would fix the batch size in a graph
-    if tokens.is_contiguous() or x.device.type != "cpu" or traced:
+    # while capturing a graph the loop below would fix the batch size in it
+    if tokens.is_contiguous() or x.device.type != "cpu" or _capturing_graph():
         return tokens.contiguous()
     out = torch.empty(tokens.shape, dtype=x.dtype, device=x.device)
     channels_first = x.flatten(2)
@@ -132,18 +136,20 @@ class Attention(nn.Module):
         """
         heads, nk, head_dim = self.num_heads, k.shape[1], q.shape[2] // self.num_heads
         eye = torch.eye(heads, dtype=q.dtype, device=q.device)
-        k_heads = k.reshape(k.shape[0], nk, heads, head_dim).permute(0, 2, 3, 1)  # B×h×d×Nk
-        k_block = (k_heads[:, :, :, None, :] * eye[None, :, None, :, None]).reshape(k.shape[0], heads * head_dim,
-                                                                                    heads * nk)
+
+        def block_diagonal(per_head: Tensor) -> Tensor:
+            """B×h×a×b (one a×b block per head) → B×(h·a)×(h·b) with the blocks on the diagonal."""
+            batch_, _, rows, cols = per_head.shape
+            return (per_head[:, :, :, None, :] * eye[None, :, None, :, None]).reshape(batch_, heads * rows, heads * cols)
+
+        k_block = block_diagonal(k.reshape(k.shape[0], nk, heads, head_dim).permute(0, 2, 3, 1))  # from B×h×d×Nk
         scores = q @ (k_block / math.sqrt(head_dim))  # B×Nq×(h·Nk); a 1×Nq×c q broadcasts over B key sets
         batch = scores.shape[0]
         scores = scores.view(batch, q.shape[1], heads, nk)
         scores = scores - scores.amax(dim=-1, keepdim=True)
         scores = scores.exp_()
         scores = scores / scores.sum(dim=-1, keepdim=True)
-        v_heads = v.reshape(v.shape[0], nk, heads, head_dim).transpose(1, 2)  # B×h×Nk×d
-        v_block = (v_heads[:, :, :, None, :] * eye[None, :, None, :, None]).reshape(v.shape[0], heads * nk,
-                                                                                    heads * head_dim)
+        v_block = block_diagonal(v.reshape(v.shape[0], nk, heads, head_dim).transpose(1, 2))  # from B×h×Nk×d
         values = v_block @ self.out_proj.weight.t() + self.out_proj.bias / heads  # B×(h·Nk)×C
         scores = scores.view(batch, q.shape[1], heads * nk)
         values = values.expand(batch, -1, -1)
