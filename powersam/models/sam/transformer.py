@@ -139,8 +139,8 @@ class Attention(nn.Module):
 
         def block_diagonal(per_head: Tensor) -> Tensor:
             """B×h×a×b (one a×b block per head) → B×(h·a)×(h·b) with the blocks on the diagonal."""
-            batch_, _, rows, cols = per_head.shape
-            return (per_head[:, :, :, None, :] * eye[None, :, None, :, None]).reshape(batch_, heads * rows, heads * cols)
+            blocks = per_head[:, :, :, None, :] * eye[None, :, None, :, None]  # B×h×a×h×b
+            return blocks.reshape(per_head.shape[0], heads * per_head.shape[2], heads * per_head.shape[3])
 
         k_block = block_diagonal(k.reshape(k.shape[0], nk, heads, head_dim).permute(0, 2, 3, 1))  # from B×h×d×Nk
         scores = q @ (k_block / math.sqrt(head_dim))  # B×Nq×(h·Nk); a 1×Nq×c q broadcasts over B key sets
