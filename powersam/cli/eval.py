@@ -62,6 +62,9 @@ def add_miou_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--max-instances", type=int, default=None, help="at most N instances per image")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
     parser.add_argument("--use-mask-input", action="store_true", help="feed the previous logits back as a mask prompt")
+    parser.add_argument("--zoom", type=float, default=None, metavar="CONTEXT",
+                        help="decode each box prompt on a crop of CONTEXT box sides around it (e.g. 4: small objects "
+                             "on large photos keep their resolution; docs/zoom.md); default: the whole image")
     return parser
 
 
@@ -212,7 +215,7 @@ def _miou_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return dict(prompts=args.prompts, refine_iters=args.refine, point_from=args.point_from,
                 click_mode=args.click_mode, max_images=args.max_images, seed=args.seed,
                 max_instances_per_image=args.max_instances, progress=not args.no_progress,
-                use_mask_input=args.use_mask_input)
+                use_mask_input=args.use_mask_input, zoom=args.zoom)
 
 
 def run_miou(args: argparse.Namespace) -> int:

@@ -193,6 +193,7 @@ def evaluate_miou(
     use_mask_input: bool = False,
     multimask_output: bool = False,
     chunk_size: int = 64,
+    zoom: Optional[float] = None,
 ) -> dict[str, Any]:
     """Mean IoU of GT-prompted masks, per prompt kind and refinement step (see the module docstring).
 
@@ -214,6 +215,9 @@ def evaluate_miou(
         use_mask_input: feed the previous step's low-res logits back as the mask prompt (the reference does not).
         multimask_output: decode 3 masks and keep the best-scored one instead of the single-mask output.
         chunk_size: instances decoded together (bounds memory: chunk × H × W masks at a time).
+        zoom: decode each box prompt (and its clicks) on a crop of ``zoom`` box sides around the box
+            (:class:`~powersam.inference.zoom.ZoomPredictor`); None: on the whole image. Point prompts always use
+            the whole image.
 
     Returns:
         ``{"miou": {key: mIoU ×100 or None}, "per_class": {name: {key: mIoU}}, "per_size": {"small"|"medium"|
@@ -231,6 +235,10 @@ def evaluate_miou(
     if getattr(dataset, "has_masks", True) is False or getattr(dataset, "load_masks", True) is False:
         raise ValueError("mIoU needs instance masks, but the dataset is boxes-only or was opened with load_masks=False")
     predictor = model if hasattr(model, "predict_batch") and hasattr(model, "set_image") else SamPredictor(model)
+    if zoom is not None:
+        from powersam.inference.zoom import ZoomPredictor
+
+        predictor = ZoomPredictor(predictor, context=zoom)
     keys = step_keys(prompts, refine_iters)
     class_names = list(getattr(dataset, "class_names", []))
     num_images = len(dataset) if max_images is None else min(len(dataset), int(max_images))
@@ -285,7 +293,7 @@ def evaluate_miou(
             "prompts": list(prompts), "refine_iters": int(refine_iters), "point_from": point_from,
             "click_mode": click_mode, "seed": int(seed), "max_images": max_images,
             "max_instances_per_image": max_instances_per_image, "use_mask_input": use_mask_input,
-            "multimask_output": multimask_output,
+            "multimask_output": multimask_output, "zoom": zoom,
         },
     }
 

@@ -201,7 +201,10 @@ def _miou_section(run_dir: Path, paper_label: str, fps: dict[str, float]) -> lis
     rows = []
     for f, data in loaded:
         model = data.get("model")
-        rows.append((f"{f.stem} ({model})" if model else f.stem, data["miou"], fps.get(model)))
+        label = f"{f.stem} ({model})" if model else f.stem
+        if data.get("zoom"):  # decoded on a crop around each box (powersam.inference.zoom)
+            label += f", zoom-in ×{data['zoom']:g}"
+        rows.append((label, data["miou"], fps.get(model)))
     out = [table1_markdown(rows, paper_label), "",
            "mIoU ×100 over all prompted instances; FPS from bench/bench.json where the model was benchmarked "
            "(the paper's FPS = 1000 / its Table-2 latency on its own GPU).",

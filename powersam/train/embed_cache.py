@@ -377,6 +377,9 @@ def default_cache_dir(teacher_checkpoint: Union[str, Path], cfg: Any) -> Path:
     from ..weights import is_shipped_name
 
     suffix = "" if getattr(cfg, "max_images", None) is None else f"_first{cfg.max_images}"
+    zoom = getattr(cfg, "zoom_context", None)
+    if zoom is not None:  # the images plus their zoom-in crops: other ids, another cache
+        suffix += f"_zoom{float(zoom[0]):g}-{float(zoom[1]):g}"
     split = cfg.split if cfg.split is not None else "all"
     # a shipped teacher ("synth") lives inside the package: cache in the stage's output folder instead
     folder = Path(cfg.output_dir) if is_shipped_name(teacher_checkpoint) else Path(teacher_checkpoint).parent
@@ -393,6 +396,7 @@ class EmbedCacheConfig:
     val_fraction: float = 0.2
     split_seed: int = 0
     max_images: Optional[int] = None
+    zoom_context: Optional[tuple[float, float]] = None  # the stages' zoom-in crops (powersam.data.zoom_crops)
     img_size: int = 1024
     teacher_checkpoint: Optional[Path] = None  # stage-0 output (or an official SAM file with teacher_model)
     teacher_model: Optional[str] = None

@@ -53,6 +53,9 @@ class EvalSettings:
     overlays: int = 4  # example predictions written to overlays/
     overlay_conf: float = 0.3
     export_onnx: bool = True
+    # Zoom-in evaluation (powersam.inference.zoom): prompted mIoU with each box decoded on a crop of this many box
+    # sides around it; the full-frame box mIoU is reported beside it. null: full frame only.
+    zoom: Optional[float] = None
 
 
 @dataclass
@@ -64,6 +67,9 @@ class PipelineConfig:
     val_fraction: float = 0.2  # held-out share when the dataset is one annotation file
     split_seed: int = 0
     img_size: int = 1024
+    # Zoom-in training crops for the teacher and stages 1-2 ([min, max] window side / box side, see
+    # powersam.data.zoom_crops); null: whole images only.
+    zoom_context: Optional[tuple[float, float]] = None
     student: str = "powersam_s"
     seed: int = 0
     synth: SynthData = field(default_factory=SynthData)
@@ -126,6 +132,8 @@ def run_pipeline(cfg: PipelineConfig, resume: bool = False) -> dict[str, Any]:
     _share_data(cfg.stage1, cfg, data, out / "stage1")
     _share_data(cfg.stage2, cfg, data, out / "stage2")
     _share_data(cfg.stage3, cfg, det_data, out / "stage3")
+    for stage in (cfg.teacher, cfg.stage1, cfg.stage2):  # the box-prompt generator learns on whole frames
+        stage.zoom_context = cfg.zoom_context
     cfg.stage1.student = cfg.student
     (out / "config.yaml").write_text(dump_config(cfg))
 
@@ -203,11 +211,18 @@ def _evaluate(cfg: PipelineConfig, out: Path, data: Path, teacher: Path, final: 
     reference = box_as_mask_miou(val)
     (eval_dir / "box_as_mask.json").write_text(json.dumps({"model": "box_as_mask", **reference}, indent=2))
     teacher_model = build_model(checkpoint=teacher)
-    teacher_miou = evaluate_miou(teacher_model, val, **settings)
     student = build_model(checkpoint=final)
-    student_miou = evaluate_miou(student, val, **settings)
+    full_frame: dict[str, Any] = {}
+    if cfg.eval.zoom is not None:  # the whole-image box mIoU beside the zoomed one
+        for name, model in (("teacher", teacher_model), ("student", student)):
+            result = evaluate_miou(model, val, **{**settings, "prompts": ("box",), "refine_iters": 0})
+            (eval_dir / f"{name}_miou_full_frame.json").write_text(json.dumps({"model": name, **result}, indent=2))
+            full_frame[name] = {"box": result["miou"]["box"], "per_size": _box_per_size(result)}
+    teacher_miou = evaluate_miou(teacher_model, val, zoom=cfg.eval.zoom, **settings)
+    student_miou = evaluate_miou(student, val, zoom=cfg.eval.zoom, **settings)
     for name, result in (("teacher_miou", teacher_miou), ("student_miou", student_miou)):
-        (eval_dir / f"{name}.json").write_text(json.dumps({"model": name.split("_")[0], **result}, indent=2))
+        (eval_dir / f"{name}.json").write_text(json.dumps({"model": name.split("_")[0], "zoom": cfg.eval.zoom,
+                                                           **result}, indent=2))
     det_val = val
     if cfg.detector_data is not None:
         det_val = CocoInstances(cfg.detector_data, split="val", val_fraction=cfg.val_fraction, seed=cfg.split_seed)
@@ -234,6 +249,8 @@ def _evaluate(cfg: PipelineConfig, out: Path, data: Path, teacher: Path, final: 
         "box_as_mask_miou": reference["miou"],
         "box_miou_per_size": {"teacher": _box_per_size(teacher_miou), "student": _box_per_size(student_miou),
                               "box_as_mask": reference["per_size"]},
+        "eval_zoom": cfg.eval.zoom,
+        "box_miou_full_frame": full_frame or None,
         "size_counts": student_miou["size_counts"],
         "num_val_images": student_miou["num_images"],
         "num_val_instances": student_miou["num_instances"],
@@ -270,6 +287,12 @@ def _headline(metrics: dict[str, Any], report: Path) -> str:
     def frac(value: Any) -> str:
         return "n/a" if value is None else f"{value:.3f}"
 
+    def zoomed(who: str) -> str:
+        if metrics.get("eval_zoom") is None:
+            return ""
+        full = (metrics.get("box_miou_full_frame") or {}).get(who) or {}
+        return f" (zoom-in x{metrics['eval_zoom']:g}; full frame {pct(full.get('box'))})"
+
     teacher = "teacher trained from scratch (no SAM checkpoint given)" if metrics["teacher_from_scratch"] else "teacher"
     sizes = metrics.get("box_miou_per_size") or {}
     counts = metrics.get("size_counts") or {}
@@ -282,8 +305,8 @@ def _headline(metrics: dict[str, Any], report: Path) -> str:
             f"PowerSAM pipeline finished in {metrics['elapsed_s'] / 60:.1f} min "
             f"({metrics['num_val_images']} held-out images, {metrics['num_val_instances']} instances)",
             f"  reference, the GT box itself as the mask: box mIoU {pct(metrics.get('box_as_mask_miou'))}",
-            f"  {teacher}: box mIoU {pct(metrics['teacher_box_miou'])}",
-            f"  student {metrics['student']}: box mIoU {pct(metrics['student_box_miou'])}, "
+            f"  {teacher}: box mIoU {pct(metrics['teacher_box_miou'])}{zoomed('teacher')}",
+            f"  student {metrics['student']}: box mIoU {pct(metrics['student_box_miou'])}{zoomed('student')}, "
             f"point mIoU {pct(metrics['student_point_miou'])}",
             f"  box-prompt generator: AP50 {frac(metrics['bbpg_ap50'])}; integrated mask AP50 "
             f"{frac(metrics['integrated_mask_ap50'])}",

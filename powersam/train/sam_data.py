@@ -251,6 +251,9 @@ class SamStageConfig:
     val_fraction: float = 0.2  # share of images in "val" when one annotation file is split by hash
     split_seed: int = 0
     max_images: Optional[int] = None  # use only the first N images of the split (quick runs)
+    # Zoom-in crops (powersam.data.zoom_crops): [min, max] window side / box side adds one crop around every
+    # instance to the images; null trains on the images alone. Pair with zoom-in evaluation (docs/zoom.md).
+    zoom_context: Optional[tuple[float, float]] = None
     img_size: int = 1024
     epochs: int = 1
     batch_size: int = 8  # per process
@@ -300,7 +303,8 @@ class FirstImages:
 
 
 def open_stage_dataset(cfg: SamStageConfig, load_masks: bool = True, split: Optional[str] = "config") -> Any:
-    """The :class:`CocoInstances` a stage trains on (``split="config"`` takes ``cfg.split``)."""
+    """The :class:`CocoInstances` a stage trains on (``split="config"`` takes ``cfg.split``), with the zoom-in
+    crops of ``cfg.zoom_context`` added when it is set."""
     from ..data.coco import CocoInstances
 
     if cfg.data is None:
@@ -313,6 +317,10 @@ def open_stage_dataset(cfg: SamStageConfig, load_masks: bool = True, split: Opti
         dataset = FirstImages(dataset, cfg.max_images)
     if len(dataset) == 0:
         raise ValueError(f"{cfg.data} has no images in split {cfg.split!r}")
+    if getattr(cfg, "zoom_context", None) is not None:
+        from ..data.zoom_crops import ZoomCrops
+
+        dataset = ZoomCrops(dataset, context=cfg.zoom_context, seed=cfg.split_seed)
     return dataset
 
 

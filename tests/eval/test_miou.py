@@ -229,6 +229,23 @@ def test_random_model_on_synthetic_data(synth_root, tiny_model):
     assert list(limited["miou"]) == ["box"] and limited["num_images"] == 2 and limited["num_instances"] == 4
 
 
+def test_zoom_decodes_boxes_on_crops(synth_root, tiny_model):
+    """zoom=C evaluates each box on a crop around it: a window that covers the whole image gives exactly the
+    plain result; a tight one changes the box scores and leaves point prompts (whole image) as they were."""
+    dataset = CocoInstances(synth_root)
+    kwargs = dict(refine_iters=1, seed=2, progress=False)
+    plain = evaluate_miou(tiny_model, dataset, **kwargs)
+    whole = evaluate_miou(tiny_model, dataset, zoom=1000.0, **kwargs)
+    assert whole["miou"] == plain["miou"] and whole["settings"]["zoom"] == 1000.0
+    tight = evaluate_miou(tiny_model, dataset, zoom=1.5, **kwargs)
+    assert tight["miou"]["box"] != plain["miou"]["box"]
+    assert tight["miou"]["point"] == plain["miou"]["point"]
+    with pytest.raises(ValueError, match="context"):
+        evaluate_miou(tiny_model, dataset, zoom=0.5, **kwargs)
+    assert run_miou(_parse(["--model", "edgesam", "--data", str(synth_root), "--split", "all", "--img-size", "64",
+                            "--no-progress", "--zoom", "0.5"])) == 1
+
+
 def test_corrupt_image_is_reported_and_the_rest_evaluated(tmp_path, tiny_model):
     root = generate_dataset(tmp_path / "ds", 3, seed=1, image_size=(96, 128))
     (root / "images" / "000002.png").write_bytes(b"not a png")

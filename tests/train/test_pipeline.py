@@ -36,3 +36,29 @@ def test_resume_skips_finished_stages(tiny_pipeline_run):
     after = {stage: (out / stage / "done.json").stat().st_mtime_ns for stage in before}
     assert before == after
     assert again["student_box_miou"] == metrics["student_box_miou"]
+
+
+def test_zoom_trains_on_crops_and_reports_both_framings(tmp_path):
+    """zoom_context adds one crop per instance to the training images of the teacher and stages 1-2; eval.zoom
+    evaluates the prompts on crops and reports the whole-frame box mIoU beside it."""
+    from conftest import TINY_PIPELINE
+    from powersam.data.coco import CocoInstances
+    from powersam.train.config import apply_overrides
+    from powersam.train.pipeline import demo_config
+
+    cfg = apply_overrides(demo_config(tmp_path), [*TINY_PIPELINE, "synth.num_images=8", "teacher.finetune=decoder",
+                                                  "zoom_context=[3.0,5.0]", "eval.zoom=4.0", "eval.overlays=0",
+                                                  "eval.refine_iters=0"])
+    metrics = run_pipeline(cfg)
+    train = CocoInstances(tmp_path / "data", split="train", val_fraction=cfg.val_fraction, load_masks=False)
+    instances = sum(train.image_info(i)["num_instances"] for i in range(len(train)))
+    caches = list(tmp_path.glob("*/embeddings_train_128_zoom3-5/index.json"))  # next to the teacher
+    assert len(caches) == 1, "stages 1-2 cache the images and their crops in a folder of their own"
+    assert len(json.loads(caches[0].read_text())["image_ids"]) == len(train) + instances
+    assert (tmp_path / "teacher" / "done.json").is_file()
+    assert metrics["eval_zoom"] == 4.0
+    assert set(metrics["box_miou_full_frame"]) == {"teacher", "student"}
+    teacher = json.loads((tmp_path / "eval" / "teacher_miou.json").read_text())
+    assert teacher["zoom"] == 4.0 and teacher["settings"]["zoom"] == 4.0
+    assert (tmp_path / "eval" / "teacher_miou_full_frame.json").is_file()
+    assert "zoom-in ×4" in (tmp_path / "report.md").read_text()

@@ -1,0 +1,176 @@
+"""Zoom-in box prompting: each box is decoded on a crop of the image around it, at the network's full input size.
+
+A 2048-px inspection photo shrinks 4× into a 512 input, and 8× into 256: a pin insulator of 40 px becomes a few
+cells of the decoder's quarter-resolution mask, and the mask is lost (docs/zoom.md has the numbers). Cropping a
+square window of ``context`` × the box's longer side around each box and running the encoder on that crop gives
+small equipment the resolution the model was trained at; the masks are pasted back into the full frame.
+
+The cost is one encoder pass per distinct window (cached, so refinement clicks on the same box reuse it); boxes
+whose window would cover most of the image share one full-frame pass. Prompts without a box (points only) have
+no extent to zoom on and use the full frame.
+
+:func:`zoom_window` is the one geometry rule, shared with the training crops of
+:class:`~powersam.data.zoom_crops.ZoomCrops`, so a model adapted on those crops sees the same framing here.
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from typing import Any, Optional
+
+import numpy as np
+
+Window = tuple[int, int, int, int]  # x0, y0, x1, y1 in whole pixels, exclusive end
+OUTSIDE_LOGIT = -1.0e4  # mask logit returned outside a prompt's window (finite: sigmoid 0, no NaN in sums)
+
+__all__ = ["OUTSIDE_LOGIT", "ZoomPredictor", "check_context", "zoom_window"]
+
+
+def check_context(context: Any, name: str = "context") -> float:
+    """``context`` as a float ≥ 1 (the window side over the box's longer side), else ValueError naming it."""
+    if isinstance(context, bool) or not isinstance(context, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be a number >= 1 (window side / box side); got {context!r}")
+    value = float(context)
+    if not math.isfinite(value) or value < 1.0:
+        raise ValueError(f"{name} must be a finite number >= 1 (window side / box side); got {context!r}")
+    return value
+
+
+def zoom_window(box: Any, image_size: tuple[int, int], context: float, min_side: int = 16) -> Window:
+    """The square crop around ``box`` (x0, y0, x1, y1 pixels) in an image of ``image_size`` = (H, W).
+
+    Side = ``context`` × the box's longer side (at least ``min_side``), centred on the box and shifted to lie
+    inside the image; a side larger than the image's is cut to it (the window is then not square). The window
+    always contains the part of the box that lies in the image.
+    """
+    height, width = int(image_size[0]), int(image_size[1])
+    x0, y0, x1, y1 = (float(v) for v in box)
+    side = max(x1 - x0, y1 - y0, 1.0) * context
+    side = max(side, float(min_side))
+
+    def span(lo: float, hi: float, limit: int) -> tuple[int, int]:
+        size = min(int(math.ceil(side)), limit)
+        lo, hi = max(lo, 0.0), min(hi, float(limit))
+        start = int(math.floor((lo + hi) / 2 - size / 2))
+        start = min(max(start, 0), limit - size)
+        start = min(start, max(int(math.floor(lo)), 0))  # keep the box inside even after rounding
+        start = max(start, int(math.ceil(hi)) - size)
+        return start, start + size
+
+    wx0, wx1 = span(x0, x1, width)
+    wy0, wy1 = span(y0, y1, height)
+    return wx0, wy0, wx1, wy1
+
+
+class ZoomPredictor:
+    """Wraps any prompt predictor (:class:`~powersam.predictor.SamPredictor`, the ONNX Runtime / TensorRT ones) so
+    that box prompts are decoded on a crop around each box (module docstring).
+
+    Args:
+        predictor: the wrapped predictor; it is re-pointed at each crop, so do not share it meanwhile.
+        context: window side / box side (≥ 1). 4 suits box prompts on large photos (docs/zoom.md).
+        full_frame_fraction: a window covering at least this share of the image's area uses the full frame.
+        cache_size: encoded windows kept (refinement clicks decode the same windows again).
+
+    ``set_image`` / ``predict_batch`` follow the wrapped predictor's contract, so :func:`powersam.eval.miou.
+    evaluate_miou` takes it as a ready predictor. ``low_res`` logits come back in each prompt's own window frame;
+    passed back as ``mask_input`` with the same boxes they land in the same windows.
+    """
+
+    def __init__(self, predictor: Any, context: float = 4.0, full_frame_fraction: float = 0.5,
+                 cache_size: int = 64) -> None:
+        if not (hasattr(predictor, "set_image") and hasattr(predictor, "predict_batch")):
+            raise TypeError(f"ZoomPredictor wraps a predictor with set_image / predict_batch; got {type(predictor)}")
+        if not 0.0 < float(full_frame_fraction) <= 1.0:
+            raise ValueError(f"full_frame_fraction must lie in (0, 1]; got {full_frame_fraction!r}")
+        if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 1:
+            raise ValueError(f"cache_size must be a positive int; got {cache_size!r}")
+        self.predictor = predictor
+        self.model = getattr(predictor, "model", None)  # evaluate_miou puts a module in eval mode through this
+        self.context = check_context(context)
+        self.full_frame_fraction = float(full_frame_fraction)
+        self.cache_size = cache_size
+        self._image: Optional[np.ndarray] = None
+        self._states: "OrderedDict[Window, dict[str, Any]]" = OrderedDict()
+        self.encoder_calls = 0  # encoder passes since set_image (for reports and tests)
+
+    @property
+    def is_image_set(self) -> bool:
+        return self._image is not None
+
+    @property
+    def original_size(self) -> Optional[tuple[int, int]]:
+        return None if self._image is None else (int(self._image.shape[0]), int(self._image.shape[1]))
+
+    def set_image(self, image: Any, image_format: str = "RGB") -> None:
+        """Keep ``image`` (anything the wrapped predictor loads); windows are encoded when prompts need them."""
+        self._image = self.predictor._load_rgb(image, image_format)
+        self._states.clear()
+        self.encoder_calls = 0
+
+    def window_of(self, box: Any) -> Window:
+        """The window a box prompt is decoded in (the full frame when the zoom would cover most of it)."""
+        height, width = self.original_size
+        window = zoom_window(box, (height, width), self.context)
+        x0, y0, x1, y1 = window
+        if (x1 - x0) * (y1 - y0) >= self.full_frame_fraction * height * width:
+            return 0, 0, width, height
+        return window
+
+    def _use_window(self, window: Window) -> None:
+        if window in self._states:
+            self._states.move_to_end(window)
+            self.predictor.restore_image_state(self._states[window])
+            return
+        x0, y0, x1, y1 = window
+        self.predictor.set_image(np.ascontiguousarray(self._image[y0:y1, x0:x1]))
+        self.encoder_calls += 1
+        self._states[window] = self.predictor.image_state()
+        if len(self._states) > self.cache_size:
+            self._states.popitem(last=False)
+
+    def predict_batch(self, boxes: Optional[np.ndarray] = None, point_coords: Optional[np.ndarray] = None,
+                      point_labels: Optional[np.ndarray] = None, mask_input: Optional[np.ndarray] = None,
+                      multimask_output: Any = False, return_logits: bool = False, chunk_size: int = 64,
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """As the wrapped predictor's ``predict_batch``: prompts in original pixels, N×C×H×W masks in the full frame
+        (outside a prompt's window: False, or the logit :data:`OUTSIDE_LOGIT` with ``return_logits``)."""
+        if self._image is None:
+            raise RuntimeError("call set_image(...) before predict_batch(...)")
+        height, width = self.original_size
+        counts = {len(a) for a in (boxes, point_coords, point_labels, mask_input) if a is not None}
+        if len(counts) > 1:
+            raise ValueError(f"boxes, point_coords, point_labels and mask_input must have the same length N; "
+                             f"got lengths {sorted(counts)}")
+        if not counts or 0 in counts:  # nothing to zoom on: the wrapped predictor's own answer (and errors)
+            self._use_window((0, 0, width, height))
+            return self.predictor.predict_batch(boxes=boxes, point_coords=point_coords, point_labels=point_labels,
+                                                mask_input=mask_input, multimask_output=multimask_output,
+                                                return_logits=return_logits, chunk_size=chunk_size)
+        n = counts.pop()
+        full = (0, 0, width, height)
+        boxes = None if boxes is None else np.asarray(boxes, dtype=np.float32).reshape(n, 4)
+        windows = [full] * n if boxes is None else [self.window_of(b) for b in boxes]
+        groups: "OrderedDict[Window, list[int]]" = OrderedDict()
+        for i, window in enumerate(windows):
+            groups.setdefault(window, []).append(i)
+        masks = scores = low_res = None
+        for window, rows in groups.items():
+            x0, y0, _, _ = window
+            shift = np.array([x0, y0], dtype=np.float32)
+            self._use_window(window)
+            part = self.predictor.predict_batch(
+                boxes=None if boxes is None else boxes[rows] - np.tile(shift, 2),
+                point_coords=None if point_coords is None else np.asarray(point_coords, np.float32)[rows] - shift,
+                point_labels=None if point_labels is None else np.asarray(point_labels)[rows],
+                mask_input=None if mask_input is None else np.asarray(mask_input)[rows],
+                multimask_output=multimask_output, return_logits=return_logits, chunk_size=chunk_size)
+            if masks is None:
+                fill = OUTSIDE_LOGIT if return_logits else 0
+                masks = np.full((n, part[0].shape[1], height, width), fill, dtype=part[0].dtype)
+                scores = np.zeros((n, *part[1].shape[1:]), dtype=part[1].dtype)
+                low_res = np.zeros((n, *part[2].shape[1:]), dtype=part[2].dtype)
+            x1, y1 = x0 + part[0].shape[-1], y0 + part[0].shape[-2]
+            masks[rows, :, y0:y1, x0:x1] = part[0]
+            scores[rows], low_res[rows] = part[1], part[2]
+        return masks, scores, low_res
