@@ -53,6 +53,7 @@ class Model:
         self.predictor = predictor
         self.module = module
         self.source = source
+        self._image: Optional[np.ndarray] = None  # the RGB image of set_image (zoom-in prompting crops it)
 
     def __repr__(self) -> str:
         return f"Model({self.model_name!r}, backend={self.backend!r}, detect={self.can_detect}, segment={self.can_segment})"
@@ -135,9 +136,12 @@ class Model:
 
     def set_image(self, image: ImageSource, image_format: str = "RGB") -> "Model":
         """Encode ``image`` once for any number of :meth:`segment` calls; returns self."""
+        predictor = self._require_predictor()
         timer = StageTimer()
         with timer("encoder"):
-            self._require_predictor().set_image(image, image_format=image_format)
+            rgb = predictor._load_rgb(image, image_format)
+            predictor.set_image(rgb)
+        self._image = rgb  # kept for zoom-in prompting (segment(zoom=...)), which crops it
         self._encode_ms = timer.ms
         return self
 
@@ -149,6 +153,7 @@ class Model:
         labels: Optional[np.ndarray] = None,
         mask: Optional[np.ndarray] = None,
         chunk_size: int = 64,
+        zoom: Optional[float] = None,
     ) -> Results:
         """Masks for prompts in original pixels, on ``image`` (or the one given to :meth:`set_image`).
 
@@ -158,6 +163,10 @@ class Model:
                 prompt of K clicks without boxes; or N×K×2 with labels N×K, one click set per prompt.
             mask: N×1×s×s low-res logits from a previous call (``Results`` do not carry them: use
                 ``model.predictor.predict_batch`` to get them).
+            zoom: decode each box on a crop of ``zoom`` box sides around it, encoded at the model's full input
+                size (:class:`~powersam.inference.zoom.ZoomPredictor`): small objects on large photos keep their
+                pixels; one encoder pass per distinct crop, timed under ``decoder``. Prompts without a box use
+                the whole image.
 
         Returns:
             :class:`Results` with N compact single-mask outputs (class ``"object"``), the predicted IoU as score, the
@@ -191,11 +200,30 @@ class Model:
             prompts["mask_input"] = np.asarray(mask, dtype=np.float32)
         timer = StageTimer()
         with timer("decoder"):  # compact masks: no N full-resolution planes (Results.masks builds them on demand)
-            masks, scores, _ = predictor.predict_compact(**prompts, multimask_output=False, chunk_size=chunk_size)
+            if zoom is None:
+                masks, scores, _ = predictor.predict_compact(**prompts, multimask_output=False, chunk_size=chunk_size)
+            else:
+                masks, scores = self._segment_zoomed(prompts, zoom, chunk_size)
         result = prompt_results(masks, scores[:, 0], prompts.get("boxes"), prompts.get("point_coords"),
                                 predictor.original_size)
         result.speed = {**speed, **timer.ms}
         return result
+
+    def _segment_zoomed(self, prompts: dict[str, Any], zoom: float, chunk_size: int) -> tuple[Any, np.ndarray]:
+        from .inference.zoom import ZoomPredictor
+
+        predictor = self.predictor
+        if self._image is None:
+            raise RuntimeError("segment(zoom=...) crops the image given to Model.set_image or segment(image=...); "
+                               "the predictor's image was set another way")
+        full_frame = predictor.image_state()
+        zoomed = ZoomPredictor(predictor, context=zoom)
+        zoomed.set_image(self._image, full_frame_state=full_frame)
+        try:
+            masks, scores, _ = zoomed.predict_compact(**prompts, multimask_output=False, chunk_size=chunk_size)
+        finally:  # the predictor keeps the whole image for the next call
+            predictor.restore_image_state(full_frame)
+        return masks, scores
 
     # ------------------------------------------------------------------ evaluation
     def val(

@@ -164,6 +164,29 @@ def test_set_image_then_points_and_boxes(model, module):
     np.testing.assert_allclose(both.scores, want_scores[:, 0], rtol=0, atol=1e-5)
 
 
+def test_segment_zoom_matches_the_zoom_predictor_and_keeps_the_image(model, module):
+    """segment(zoom=C) gives what ZoomPredictor gives on the PyTorch predictor (every backend), and afterwards the
+    model still answers for the whole image it was given."""
+    from powersam.inference.zoom import ZoomPredictor
+
+    image = noise(240, 320, seed=5)
+    boxes = np.array([[10, 10, 40, 30], [200, 150, 230, 190], [0, 0, 319, 239]], dtype=np.float64)
+    reference = ZoomPredictor(SamPredictor(module), context=3.0)
+    reference.set_image(image)
+    want_masks, want_scores, _ = reference.predict_batch(boxes=boxes)
+    model.set_image(image)
+    plain = model.segment(boxes=boxes[:1])
+    got = model.segment(boxes=boxes, zoom=3.0)
+    np.testing.assert_allclose(got.scores, want_scores[:, 0], rtol=0, atol=1e-5)
+    assert min(mask_iou(a, b) for a, b in zip(got.masks, want_masks[:, 0])) >= 0.99
+    x0, y0, x1, y1 = reference.window_of(boxes[0])
+    assert not got.masks[0][:, x1:].any() and not got.masks[0][y1:].any()  # nothing outside its crop
+    again = model.segment(boxes=boxes[:1])  # the whole-image embedding is back
+    np.testing.assert_array_equal(again.scores, plain.scores)
+    with pytest.raises(ValueError, match="context"):
+        model.segment(boxes=boxes, zoom=0.5)
+
+
 def test_segment_needs_prompts_and_an_image(model):
     with pytest.raises(ValueError, match="prompts"):
         model.segment(noise(20, 20))

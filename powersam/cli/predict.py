@@ -27,6 +27,9 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     parser.add_argument("--points", default=None, metavar="X,Y[,LABEL];...",
                         help="point prompts (label 1 foreground, default; 0 background), one prompt for every image "
                              "(added to each box's prompt with --boxes)")
+    parser.add_argument("--zoom", type=float, default=None, metavar="CONTEXT",
+                        help="with --boxes: decode each box on a crop of CONTEXT box sides around it, at the model's "
+                             "full input size (small equipment on large photos; docs/zoom.md)")
     parser.add_argument("--classes", default=None, help="keep only these detected classes (comma-separated names)")
     parser.add_argument("--conf", type=float, default=0.5, help="detection score threshold (default 0.5)")
     parser.add_argument("--iou", type=float, default=0.65, help="NMS IoU threshold (default 0.65)")
@@ -82,7 +85,7 @@ def run_predict(args: argparse.Namespace) -> int:
             max_det=args.max_det, classes=classes, overlay=not args.no_overlay, save_masks=args.save_masks,
             stride=args.stride, max_frames=args.max_frames, progress=not args.no_progress,
             model_label=str(args.model) if args.model else getattr(model, "model_name", None),
-            min_side=args.min_side,
+            min_side=args.min_side, zoom=args.zoom,
         )
     except (ValueError, TypeError, FileNotFoundError, RuntimeError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)

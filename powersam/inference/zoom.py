@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
+
+from ..masks import CompactMasks
 
 Window = tuple[int, int, int, int]  # x0, y0, x1, y1 in whole pixels, exclusive end
 OUTSIDE_LOGIT = -1.0e4  # mask logit returned outside a prompt's window (finite: sigmoid 0, no NaN in sums)
@@ -102,11 +104,19 @@ class ZoomPredictor:
     def original_size(self) -> Optional[tuple[int, int]]:
         return None if self._image is None else (int(self._image.shape[0]), int(self._image.shape[1]))
 
-    def set_image(self, image: Any, image_format: str = "RGB") -> None:
-        """Keep ``image`` (anything the wrapped predictor loads); windows are encoded when prompts need them."""
+    def set_image(self, image: Any, image_format: str = "RGB", full_frame_state: Optional[dict] = None) -> None:
+        """Keep ``image`` (anything the wrapped predictor loads); windows are encoded when prompts need them.
+        ``full_frame_state``: the wrapped predictor's ``image_state()`` for this very image, if it has encoded it
+        already (the whole-image window then costs no second encoder pass)."""
         self._image = self.predictor._load_rgb(image, image_format)
         self._states.clear()
         self.encoder_calls = 0
+        if full_frame_state is not None:
+            height, width = self._image.shape[:2]
+            if tuple(full_frame_state.get("_original_size") or ()) != (height, width):
+                raise ValueError(f"full_frame_state is of a {full_frame_state.get('_original_size')} image, not "
+                                 f"this {height}×{width} one")
+            self._states[(0, 0, width, height)] = full_frame_state
 
     def window_of(self, box: Any) -> Window:
         """The window a box prompt is decoded in (the full frame when the zoom would cover most of it)."""
@@ -129,48 +139,90 @@ class ZoomPredictor:
         if len(self._states) > self.cache_size:
             self._states.popitem(last=False)
 
+    def _parts(self, method: str, boxes: Any, point_coords: Any, point_labels: Any, mask_input: Any,
+               **kwargs: Any) -> Iterator[tuple[Window, list[int], Any]]:
+        """Call the wrapped predictor's ``method`` once per window with that window's prompts shifted into it:
+        yields ``(window, prompt rows, its result)``; no prompts at all go to the whole image as they are."""
+        if self._image is None:
+            raise RuntimeError(f"call set_image(...) before {method}(...)")
+        height, width = self.original_size
+        full = (0, 0, width, height)
+        counts = {len(a) for a in (boxes, point_coords, point_labels, mask_input) if a is not None}
+        if len(counts) > 1:
+            raise ValueError(f"boxes, point_coords, point_labels and mask_input must have the same length N; "
+                             f"got lengths {sorted(counts)}")
+        if not counts or 0 in counts:  # nothing to zoom on: the wrapped predictor's own answer (and errors)
+            self._use_window(full)
+            yield full, [], getattr(self.predictor, method)(boxes=boxes, point_coords=point_coords,
+                                                            point_labels=point_labels, mask_input=mask_input, **kwargs)
+            return
+        n = counts.pop()
+        boxes = None if boxes is None else np.asarray(boxes, dtype=np.float64).reshape(n, 4)
+        groups: "OrderedDict[Window, list[int]]" = OrderedDict()
+        for i in range(n):
+            groups.setdefault(full if boxes is None else self.window_of(boxes[i]), []).append(i)
+        for window, rows in groups.items():
+            shift = np.array(window[:2], dtype=np.float64)
+            self._use_window(window)
+            yield window, rows, getattr(self.predictor, method)(
+                boxes=None if boxes is None else boxes[rows] - np.tile(shift, 2),
+                point_coords=None if point_coords is None else np.asarray(point_coords, np.float64)[rows] - shift,
+                point_labels=None if point_labels is None else np.asarray(point_labels)[rows],
+                mask_input=None if mask_input is None else np.asarray(mask_input)[rows], **kwargs)
+
     def predict_batch(self, boxes: Optional[np.ndarray] = None, point_coords: Optional[np.ndarray] = None,
                       point_labels: Optional[np.ndarray] = None, mask_input: Optional[np.ndarray] = None,
                       multimask_output: Any = False, return_logits: bool = False, chunk_size: int = 64,
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """As the wrapped predictor's ``predict_batch``: prompts in original pixels, N×C×H×W masks in the full frame
         (outside a prompt's window: False, or the logit :data:`OUTSIDE_LOGIT` with ``return_logits``)."""
-        if self._image is None:
-            raise RuntimeError("call set_image(...) before predict_batch(...)")
-        height, width = self.original_size
-        counts = {len(a) for a in (boxes, point_coords, point_labels, mask_input) if a is not None}
-        if len(counts) > 1:
-            raise ValueError(f"boxes, point_coords, point_labels and mask_input must have the same length N; "
-                             f"got lengths {sorted(counts)}")
-        if not counts or 0 in counts:  # nothing to zoom on: the wrapped predictor's own answer (and errors)
-            self._use_window((0, 0, width, height))
-            return self.predictor.predict_batch(boxes=boxes, point_coords=point_coords, point_labels=point_labels,
-                                                mask_input=mask_input, multimask_output=multimask_output,
-                                                return_logits=return_logits, chunk_size=chunk_size)
-        n = counts.pop()
-        full = (0, 0, width, height)
-        boxes = None if boxes is None else np.asarray(boxes, dtype=np.float32).reshape(n, 4)
-        windows = [full] * n if boxes is None else [self.window_of(b) for b in boxes]
-        groups: "OrderedDict[Window, list[int]]" = OrderedDict()
-        for i, window in enumerate(windows):
-            groups.setdefault(window, []).append(i)
+        height, width = self.original_size or (0, 0)
         masks = scores = low_res = None
-        for window, rows in groups.items():
-            x0, y0, _, _ = window
-            shift = np.array([x0, y0], dtype=np.float32)
-            self._use_window(window)
-            part = self.predictor.predict_batch(
-                boxes=None if boxes is None else boxes[rows] - np.tile(shift, 2),
-                point_coords=None if point_coords is None else np.asarray(point_coords, np.float32)[rows] - shift,
-                point_labels=None if point_labels is None else np.asarray(point_labels)[rows],
-                mask_input=None if mask_input is None else np.asarray(mask_input)[rows],
-                multimask_output=multimask_output, return_logits=return_logits, chunk_size=chunk_size)
+        for (x0, y0, _, _), rows, part in self._parts("predict_batch", boxes, point_coords, point_labels, mask_input,
+                                                       multimask_output=multimask_output, return_logits=return_logits,
+                                                       chunk_size=chunk_size):
+            if not rows:
+                return part
             if masks is None:
-                fill = OUTSIDE_LOGIT if return_logits else 0
-                masks = np.full((n, part[0].shape[1], height, width), fill, dtype=part[0].dtype)
+                n = _prompt_count(boxes, point_coords, mask_input)
+                masks = np.full((n, part[0].shape[1], height, width), OUTSIDE_LOGIT if return_logits else 0,
+                                dtype=part[0].dtype)
                 scores = np.zeros((n, *part[1].shape[1:]), dtype=part[1].dtype)
                 low_res = np.zeros((n, *part[2].shape[1:]), dtype=part[2].dtype)
-            x1, y1 = x0 + part[0].shape[-1], y0 + part[0].shape[-2]
-            masks[rows, :, y0:y1, x0:x1] = part[0]
+            masks[rows, :, y0 : y0 + part[0].shape[-2], x0 : x0 + part[0].shape[-1]] = part[0]
             scores[rows], low_res[rows] = part[1], part[2]
         return masks, scores, low_res
+
+    def predict_compact(self, boxes: Optional[np.ndarray] = None, point_coords: Optional[np.ndarray] = None,
+                        point_labels: Optional[np.ndarray] = None, mask_input: Optional[np.ndarray] = None,
+                        multimask_output: Any = False, chunk_size: int = 64) -> tuple[CompactMasks, Any, Any]:
+        """As the wrapped predictor's ``predict_compact`` (``Model.segment`` uses it): run-length masks in the full
+        frame, mask ``c`` of prompt ``i`` at index ``i·C + c``; no full-frame plane is ever allocated."""
+        per_mask: dict[int, tuple[int, int, np.ndarray]] = {}
+        scores = low_res = None
+        num_masks = 1
+        for (x0, y0, _, _), rows, part in self._parts("predict_compact", boxes, point_coords, point_labels,
+                                                       mask_input, multimask_output=multimask_output,
+                                                       chunk_size=chunk_size):
+            if not rows:
+                return part
+            compact, part_scores, part_low = part
+            if scores is None:
+                n = _prompt_count(boxes, point_coords, mask_input)
+                num_masks = part_scores.shape[1]
+                scores = np.zeros((n, num_masks), dtype=part_scores.dtype)
+                low_res = np.zeros((n, *part_low.shape[1:]), dtype=part_low.dtype)
+            scores[rows], low_res[rows] = part_scores, part_low
+            for k, row in enumerate(rows):
+                for c in range(num_masks):
+                    cy, cx, crop = compact.crop(k * num_masks + c)
+                    per_mask[row * num_masks + c] = (y0 + cy, x0 + cx, crop)
+        masks = CompactMasks(self.original_size)
+        for index in range(len(per_mask)):
+            y, x, crop = per_mask[index]
+            masks.append_crop(crop, y, x)
+        return masks, scores, low_res
+
+
+def _prompt_count(*arrays: Any) -> int:
+    return next(len(a) for a in arrays if a is not None)

@@ -158,6 +158,29 @@ def test_boxes_replace_detection_of_an_integrated_model(image_dir, tmp_path):
     assert read_json(out / "summary.json")["mode"] == "prompt"
 
 
+def test_zoom_crops_around_each_box(image_dir, tmp_path, capsys):
+    big = tmp_path / "big.png"
+    Image.fromarray(noise(200, 300, 7)).save(big)
+    out = tmp_path / "out"
+    assert predict([str(big), "--out", str(out), *DETECT, "--boxes", "10,10,30,40;200,120,260,180", "--zoom",
+                    "2"]) == 0
+    records = read_json(out / "results.json")
+    assert [r["bbox"] for r in records] == [[10.0, 10.0, 20.0, 30.0], [200.0, 120.0, 60.0, 60.0]]
+    from powersam.inference.zoom import zoom_window
+
+    for record, box in zip(records, [(10, 10, 30, 40), (200, 120, 260, 180)]):
+        x0, y0, x1, y1 = zoom_window(box, (200, 300), 2.0)  # both under half the image: cropped
+        mask = mask_utils.decode(record["segmentation"]).astype(bool)
+        inside = np.zeros_like(mask)
+        inside[y0:y1, x0:x1] = True
+        assert not (mask & ~inside).any()  # nothing beyond the box's crop
+    capsys.readouterr()
+    assert predict([str(big), "--out", str(tmp_path / "o2"), *DETECT, "--zoom", "3"]) == 1
+    assert "--boxes" in capsys.readouterr().err
+    assert predict([str(big), "--out", str(tmp_path / "o3"), *DETECT, "--boxes", "1,1,9,9", "--zoom", "0.5"]) == 1
+    assert "--zoom" in capsys.readouterr().err
+
+
 class FakeOnnxPowerSAM:
     """Stands in for ``powersam.runtime.OnnxPowerSAM`` (same interface) until the runtime exists."""
 

@@ -62,6 +62,15 @@ class BoxFiller(PromptPipeline):
         scores = np.full((n, 1), 0.5, np.float32)
         return (logits if return_logits else logits > 0), scores, np.zeros((n, 1, 4, 4), np.float32)
 
+    def predict_compact(self, multimask_output=False, chunk_size=64, **prompts):
+        from powersam.masks import CompactMasks
+
+        masks, scores, low_res = self.predict_batch(**prompts)
+        compact = CompactMasks(self._original_size)
+        for mask in masks[:, 0]:
+            compact.append_crop(mask, 0, 0)
+        return compact, scores, low_res
+
 
 @pytest.fixture
 def image():
@@ -151,3 +160,25 @@ def test_a_window_covering_the_image_gives_the_plain_predictor_exactly(image):
     got = zoom.predict_batch(boxes=boxes, return_logits=True)
     for a, b in zip(expected, got):
         np.testing.assert_array_equal(a, b)
+
+
+def test_compact_masks_equal_the_dense_ones(image):
+    zoom = ZoomPredictor(BoxFiller(), context=3.0)
+    zoom.set_image(image)
+    boxes = np.array([[200, 100, 230, 140], [20, 30, 40, 50], [0, 0, 320, 240]], np.float32)
+    dense, scores, _ = zoom.predict_batch(boxes=boxes)
+    compact, compact_scores, _ = zoom.predict_compact(boxes=boxes)
+    assert len(compact) == 3 and compact.shape == (3, 240, 320)
+    np.testing.assert_array_equal(compact.to_dense(), dense[:, 0])
+    np.testing.assert_array_equal(compact_scores, scores)
+
+
+def test_a_given_full_frame_state_saves_the_whole_image_pass(image):
+    base = BoxFiller()
+    base.set_image(image)
+    zoom = ZoomPredictor(base, context=4.0)
+    zoom.set_image(image, full_frame_state=base.image_state())
+    zoom.predict_batch(boxes=np.array([[0, 0, 300, 200]], np.float32))
+    assert zoom.encoder_calls == 0 and len(base.encoded) == 1
+    with pytest.raises(ValueError, match="full_frame_state"):
+        zoom.set_image(image[:100], full_frame_state=base.image_state())

@@ -36,17 +36,19 @@ def predict_sources(
     progress: bool = True,
     model_label: Optional[str] = None,
     min_side: Optional[int] = None,
+    zoom: Optional[float] = None,
 ) -> dict[str, Any]:
     """Run ``model`` (PyTorch or ONNX runtime) over ``sources`` and write the outputs described in the module doc.
 
     Returns the ``summary.json`` content. Image ids run from 1 in source order (one per image, one per processed
     video frame); a failed image keeps its id, so ids do not depend on which files fail. ``min_side``: detection
-    refuses (lists as failed) images with a side under that many pixels (None: the model's default, 16).
+    refuses (lists as failed) images with a side under that many pixels (None: the model's default, 16). ``zoom``:
+    box prompts are decoded on crops of that many box sides around them (:mod:`powersam.inference.zoom`).
     """
     from tqdm.auto import tqdm
 
     segment, mode = make_segment_fn(model, boxes, points, point_labels, conf, iou, max_det, classes,
-                                    min_side=min_side)
+                                    min_side=min_side, zoom=zoom)
     out_dir = Path(out_dir)
     for source in sources:
         if overlay and source.kind == "image" and (out_dir / f"{source.stem}.png").resolve() == source.path.resolve():

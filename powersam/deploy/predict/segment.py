@@ -4,6 +4,7 @@ run loop never needs to know which kind of model or mode it drives."""
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
 from functools import partial
 from pathlib import Path
@@ -135,19 +136,35 @@ def make_segment_fn(
     max_det: Optional[int] = None,
     classes: Optional[Sequence[str]] = None,
     min_side: Optional[int] = None,
+    zoom: Optional[float] = None,
 ) -> tuple[SegmentFn, str]:
     """``(segment(H×W×3 uint8 RGB) -> Results, mode)`` with mode ``"detect"`` or ``"prompt"`` (see the module doc).
-    ``min_side`` goes to the detector's ``predict`` (None: its default)."""
+    ``min_side`` goes to the detector's ``predict`` (None: its default); ``zoom`` decodes each box prompt on a crop
+    of that many box sides around it (:mod:`powersam.inference.zoom`)."""
     if (points is None) != (point_labels is None):
         raise ValueError("points and point_labels must be given together")
+    if zoom is not None:
+        from ...inference.zoom import check_context
+
+        check_context(zoom, "--zoom")
+        if boxes is None:
+            raise ValueError("--zoom crops around box prompts: give --boxes")
     if boxes is not None or points is not None:
         if classes or min_side is not None:
             raise ValueError("--classes and --min-side apply to detection; they cannot be combined with "
                              "--boxes/--points")
         if getattr(model, "can_segment", None) is True and callable(getattr(model, "segment", None)):
             # a powersam.Model or a server (powersam.client.Client): its own segment() takes the same prompts
-            return partial(_segment_with, model, boxes, points, point_labels), "prompt"
-        return partial(_segment_prompts, _prompt_predictor(model), boxes, points, point_labels), "prompt"
+            if zoom is not None and "zoom" not in inspect.signature(model.segment).parameters:
+                raise ValueError(f"--zoom runs on a local model; {type(model).__name__}.segment takes no zoom "
+                                 "(e.g. --server)")
+            return partial(_segment_with, model, boxes, points, point_labels, zoom), "prompt"
+        predictor = _prompt_predictor(model)
+        if zoom is not None:
+            from ...inference.zoom import ZoomPredictor
+
+            predictor = ZoomPredictor(predictor, context=zoom)
+        return partial(_segment_prompts, predictor, boxes, points, point_labels), "prompt"
     if not can_detect(model):
         name = getattr(model, "model_name", type(model).__name__)
         raise ValueError(f"model {name!r} has no detector (interactive SAM): give prompts with --boxes and/or --points")
@@ -160,8 +177,9 @@ def make_segment_fn(
 
 
 def _segment_with(model: Any, boxes: Optional[np.ndarray], points: Optional[np.ndarray],
-                  labels: Optional[np.ndarray], rgb: np.ndarray) -> Results:
-    return model.segment(rgb, boxes=boxes, points=points, labels=labels)
+                  labels: Optional[np.ndarray], zoom: Optional[float], rgb: np.ndarray) -> Results:
+    options = {} if zoom is None else {"zoom": zoom}
+    return model.segment(rgb, boxes=boxes, points=points, labels=labels, **options)
 
 
 def _detect(model: Any, conf: Optional[float], iou: Optional[float], max_det: Optional[int],
