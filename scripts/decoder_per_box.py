@@ -7,7 +7,8 @@ PowerSAM-S with seeded random weights on one image embedding for 1 and 5 boxes, 
 probe; per extra box = (t5 - t1) / 4. The roofline is the decoder's multiply-accumulates per box (the profiler's FLOP
 estimate of its matrix products, see ``true_gmacs``) at the probe's median rate. ``--plain`` also times SAM's op
 sequence (``reference_ops``: none of the decoder's inference shortcuts) in the same rounds, and prints the largest
-output difference between the two.
+output difference between the two. Like the ``powersam`` command it keeps freed memory in the process
+(``powersam.utils.memory``); ``POWERSAM_MALLOC=system`` runs it with the system's malloc settings.
 """
 from __future__ import annotations
 
@@ -50,6 +51,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--plain", action="store_true", help="also time SAM's op sequence (no inference shortcuts)")
     args = parser.parse_args()
+    from powersam.utils.memory import retain_freed_memory_unless_disabled
+
+    kept = retain_freed_memory_unless_disabled()
+    print(f"malloc: {'freed memory kept in the process' if kept else 'system settings'}")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)

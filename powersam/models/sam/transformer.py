@@ -17,6 +17,8 @@ from ..common import MLPBlock
 
 
 _shortcuts_allowed = True
+FEW_TOKENS = 16  # prompt-side token sets up to this size and image-side sets of at least MANY_TOKENS take the
+MANY_TOKENS = 256  # inference shortcuts of Attention (projections folded into the few tokens' side)
 
 
 @contextmanager
@@ -102,7 +104,43 @@ class Attention(nn.Module):
     def forward(self, q: Tensor, k: Tensor, v: Tensor, residual: Tensor | None = None) -> Tensor:
         """q: B×Nq×C, k and v: B×Nk×C (or 1×Nk×C, shared by the B query sets) → B×Nq×C, plus ``residual``
         (B×Nq×C or 1×Nq×C) when given."""
+        if eager_inference():
+            few_queries, few_keys = q.shape[1] <= FEW_TOKENS, k.shape[1] <= FEW_TOKENS
+            if few_queries and k.shape[1] >= MANY_TOKENS:
+                return self._attend_few_queries(q, k, v, residual)
+            if few_keys and q.shape[1] >= MANY_TOKENS and q.shape[0] == k.shape[0]:
+                # queries of their own per prompt: the query projection goes into the keys' side (below)
+                return self._attend_few_keys(q, self.k_proj(k), self.v_proj(v), residual, project_queries=True)
         return self.attend_projected(self.q_proj(q), self.k_proj(k), self.v_proj(v), residual)
+
+    def _attend_few_queries(self, q: Tensor, k: Tensor, v: Tensor, residual: Tensor | None) -> Tensor:
+        """Token→image attention (a handful of queries, thousands of keys) without projecting the keys.
+
+        q B×Nq×C (few), k and v B×Nk×C or 1×Nk×C (shared) **unprojected** → B×Nq×C. Each head's query goes through
+        the key projection instead of the Nk keys: q_h·(W_k,h x + b_k,h) = (W_k,hᵀ q_h)·x + const, and a constant
+        per query does not change its softmax; likewise the attention-weighted sum of the raw values is projected
+        once per query (P·(X W_vᵀ + b_v) = (P·X) W_vᵀ + b_v, as P's rows sum to 1). The two Nk×c projections (2·Nk·C·c
+        MACs) become heads·Nq·C·Nk MACs each way: for SAM's 7 box tokens and 8 heads of 16, 56 instead of 128 a
+        key, with no Nk×c tensors written. Equal to the plain path up to float rounding.
+        """
+        batch, num_queries, channels = q.shape
+        heads, head_dim = self.num_heads, self.internal_dim // self.num_heads
+        q = self.q_proj(q).view(batch, num_queries, heads, head_dim).transpose(1, 2) / math.sqrt(head_dim)
+        folded = q @ self.k_proj.weight.view(1, heads, head_dim, channels)  # B×h×Nq×C
+        rows = folded.reshape(batch * heads * num_queries, channels)  # query rows of every prompt and head
+        if k.shape[0] == 1:  # keys shared by the B prompts: one product for all of them
+            scores = (rows @ k[0].t()).view(batch, heads * num_queries, -1)
+        else:
+            scores = folded.view(batch, heads * num_queries, channels) @ k.transpose(1, 2)
+        probs = torch.softmax(scores, dim=-1)  # B×(h·Nq)×Nk
+        if v.shape[0] == 1:
+            mixed = (probs.view(batch * heads * num_queries, -1) @ v[0]).view(batch, heads, num_queries, channels)
+        else:
+            mixed = (probs @ v).view(batch, heads, num_queries, channels)
+        out = mixed @ self.v_proj.weight.view(1, heads, head_dim, channels).transpose(-2, -1)  # B×h×Nq×d
+        out = out + self.v_proj.bias.view(1, heads, 1, head_dim)
+        out = self.out_proj(out.transpose(1, 2).reshape(batch, num_queries, heads * head_dim))
+        return out if residual is None else residual + out
 
     def attend_projected(self, q: Tensor, k: Tensor, v: Tensor, residual: Tensor | None = None) -> Tensor:
         """Attention of already projected q B×Nq×c, k and v B×Nk×c (c = internal width) → B×Nq×C (+ residual)."""
@@ -122,7 +160,8 @@ class Attention(nn.Module):
         out = self.out_proj(self._merge_heads(out))
         return out if residual is None else residual + out
 
-    def _attend_few_keys(self, q: Tensor, k: Tensor, v: Tensor, residual: Tensor | None) -> Tensor:
+    def _attend_few_keys(self, q: Tensor, k: Tensor, v: Tensor, residual: Tensor | None,
+                         project_queries: bool = False) -> Tensor:
         """Image→token attention (thousands of queries, a handful of keys) as two dense products, token-major,
         output projection included.
 
@@ -131,10 +170,12 @@ class Attention(nn.Module):
         as they are, and no head split or merge copies the Nq×c tensors; the softmax is spelled out (the library's
         vectorises badly over rows of Nk < 16 values). The output projection is folded into the values:
         (P·V)·Woᵀ + b = P·(V·Woᵀ + b/heads), since each head's weights P sum to 1, so the Nq×c attention output is
-        never formed, and the residual is accumulated by the same product. Equal to the plain path up to float
-        rounding.
+        never formed, and the residual is accumulated by the same product. With ``project_queries`` q is the raw
+        B×Nq×C input and the query projection is folded into the keys, q·W_qᵀ·K + b_q·K: a C×(heads·Nk) matrix
+        per prompt instead of projecting the Nq queries (C·c MACs a query → C·heads·Nk). Equal to the plain path up to
+        float rounding.
         """
-        heads, nk, head_dim = self.num_heads, k.shape[1], q.shape[2] // self.num_heads
+        heads, nk, head_dim = self.num_heads, k.shape[1], k.shape[2] // self.num_heads
         eye = torch.eye(heads, dtype=q.dtype, device=q.device)
 
         def block_diagonal(per_head: Tensor) -> Tensor:
@@ -143,7 +184,11 @@ class Attention(nn.Module):
             return blocks.reshape(per_head.shape[0], heads * per_head.shape[2], heads * per_head.shape[3])
 
         k_block = block_diagonal(k.reshape(k.shape[0], nk, heads, head_dim).permute(0, 2, 3, 1))  # from B×h×d×Nk
-        scores = q @ (k_block / math.sqrt(head_dim))  # B×Nq×(h·Nk); a 1×Nq×c q broadcasts over B key sets
+        k_block = k_block / math.sqrt(head_dim)
+        if project_queries:  # (q W_qᵀ + b_q) K = q (W_qᵀ K) + b_q K
+            scores = torch.baddbmm((self.q_proj.bias @ k_block).unsqueeze(1), q, self.q_proj.weight.t() @ k_block)
+        else:
+            scores = q @ k_block  # B×Nq×(h·Nk); a 1×Nq×c q broadcasts over B key sets
         batch = scores.shape[0]
         scores = scores.view(batch, q.shape[1], heads, nk)
         scores = scores - scores.amax(dim=-1, keepdim=True)
