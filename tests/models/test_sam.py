@@ -314,6 +314,23 @@ def test_mask_decoder_inference_shortcuts_equal_the_training_path(pair, prompts_
         assert_close_scaled(fast_iou, plain_iou.detach())
 
 
+def test_final_attention_on_the_read_tokens_only_equals_their_rows(pair):
+    """At inference only the tokens the decoder reads go through the final attention; they come out as the full
+    run's rows (each token attends on its own there)."""
+    transformer = pair[0].mask_decoder.transformer
+    generator = torch.Generator().manual_seed(5)
+    image, pe = torch.randn(1, 256, 16, 16, generator=generator), torch.randn(1, 256, 16, 16, generator=generator)
+    tokens = torch.randn(3, 7, 256, generator=generator)
+    with torch.no_grad():
+        full, keys = transformer(image, pe, tokens)
+        read, read_keys = transformer(image, pe, tokens, final_tokens=[0, 3])
+    assert read.shape == (3, 2, 256)
+    torch.testing.assert_close(read, full[:, [0, 3]], rtol=0, atol=1e-5)
+    torch.testing.assert_close(read_keys, keys, rtol=0, atol=0)
+    subset, _ = transformer(image, pe, tokens, final_tokens=[0, 3])  # with autograd: ignored, all tokens
+    assert subset.shape == (3, 7, 256)
+
+
 def test_token_major_is_the_plain_transpose_with_gradients():
     from powersam.models.sam.transformer import token_major
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..common import LayerNorm2d
-from .transformer import eager_inference, shortcuts_allowed
+from .transformer import TwoWayTransformer, eager_inference, shortcuts_allowed
 
 MultimaskOutput = Union[bool, int]
 
@@ -193,15 +193,20 @@ class MaskDecoder(nn.Module):
         src = image_embeddings + dense_prompt_embeddings
         _, channels, height, width = src.shape
 
-        hs, src = self.transformer(src, image_pe, tokens)
-        iou_token_out = hs[:, 0, :]
-        mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
         # Inference computes only the returned tokens' masks. Training keeps every token in the graph: DDP needs
         # each parameter used, and the optimiser then sees the zero gradients SAM's decoder gives it.
         computed = token_slice if not torch.is_grad_enabled() and shortcuts_allowed() else slice(None)
         wanted = range(self.num_mask_tokens)[computed]
+        if eager_inference() and isinstance(self.transformer, TwoWayTransformer):
+            # the IoU token and the wanted mask tokens alone through the final attention (each token attends on
+            # its own there): for a box prompt's single mask 2 of its 7 tokens
+            hs, src = self.transformer(src, image_pe, tokens, final_tokens=[0, *(1 + i for i in wanted)])
+            iou_token_out, mask_tokens_out = hs[:, 0, :], {i: hs[:, 1 + k, :] for k, i in enumerate(wanted)}
+        else:
+            hs, src = self.transformer(src, image_pe, tokens)
+            iou_token_out, mask_tokens_out = hs[:, 0, :], {i: hs[:, 1 + i, :] for i in wanted}
         hyper_in = torch.stack(
-            [self.output_hypernetworks_mlps[i](mask_tokens_out[:, i, :]) for i in wanted], dim=1
+            [self.output_hypernetworks_mlps[i](mask_tokens_out[i]) for i in wanted], dim=1
         )  # B×M×C/8
         if self._upscaling_is_sams():
             masks = self._masks_channels_last(src, hyper_in, height, width)

@@ -6,7 +6,7 @@ Names (``layers.{i}.{self_attn,cross_attn_token_to_image,cross_attn_image_to_tok
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -306,14 +306,18 @@ class TwoWayTransformer(nn.Module):
         )
         self.norm_final_attn = nn.LayerNorm(embedding_dim)
 
-    def forward(self, image_embedding: Tensor, image_pe: Tensor, point_embedding: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, image_embedding: Tensor, image_pe: Tensor, point_embedding: Tensor,
+                final_tokens: Sequence[int] | None = None) -> tuple[Tensor, Tensor]:
         """
         Args:
             image_embedding: B×C×h×w, or 1×C×h×w shared by all B token sets (computed once where it can be).
             image_pe: B×C×h×w or 1×C×h×w positional encoding of the image.
             point_embedding: B×Nt×C prompt/output tokens; also used as the tokens' PE in every layer.
+            final_tokens: at inference (:func:`eager_inference`), the tokens the caller reads: only they go through
+                the final token→image attention, in which every token attends on its own. None: all tokens.
         Returns:
-            (tokens B×Nt×C, image tokens B×(h·w)×C).
+            (tokens B×Nt×C — or B×len(final_tokens)×C, those tokens in that order, when final_tokens applied —,
+            image tokens B×(h·w)×C).
         """
         # Token-major copies, made once: every projection and residual below then reads contiguous rows. An image
         # batch of 1 stays 1 while it is the same for every prompt: the first layer's image-side projections (its
@@ -325,6 +329,9 @@ class TwoWayTransformer(nn.Module):
         for layer in self.layers:
             queries, keys = layer(queries=queries, keys=keys, query_pe=point_embedding, key_pe=image_pe)
 
+        if final_tokens is not None and eager_inference():
+            index = torch.as_tensor(list(final_tokens), dtype=torch.long, device=queries.device)
+            queries, point_embedding = queries[:, index], point_embedding[:, index]
         q = queries + point_embedding
         k = keys + image_pe
         queries = self.norm_final_attn(queries + self.final_attn_token_to_image(q=q, k=k, v=keys))
