@@ -112,18 +112,52 @@ class Model:
         max_det: Optional[int] = None,
         classes: Optional[Sequence[str]] = None,
         min_side: Optional[int] = None,
+        zoom: Optional[float] = None,
     ) -> Union[Results, list[Results]]:
         """Detect and segment: one image (path, PIL image or H×W×3 array) → :class:`Results`; a list → a list.
 
         ``conf`` score threshold, ``iou`` class-aware NMS IoU, ``max_det`` detection cap (None: the model's
         defaults), ``classes`` class names to keep, ``min_side`` the shortest image side (None: 16 px, 0: any; else
-        ``ImageTooSmall``). Results carry ``speed`` (ms per stage) and ``empty_masks``."""
+        ``ImageTooSmall``). ``zoom``: the masks of the detected boxes are decoded again on crops of that many box
+        sides around them (:class:`~powersam.inference.zoom.ZoomPredictor`; one encoder pass per distinct crop,
+        timed as ``zoom``): small equipment on large photos keeps its pixels. Results carry ``speed`` (ms per
+        stage) and ``empty_masks``."""
         if self.detector is None:
             raise ValueError(f"{self.model_name} has no box-prompt generator or detector: use segment() with prompts")
+        if zoom is not None:
+            from .inference.zoom import check_context
+
+            check_context(zoom, "zoom")
+            self._require_predictor()
         if isinstance(images, (list, tuple)):
-            return [self.detector.predict(image, conf=conf, iou=iou, max_det=max_det, classes=classes,
-                                          min_side=min_side) for image in images]
-        return self.detector.predict(images, conf=conf, iou=iou, max_det=max_det, classes=classes, min_side=min_side)
+            return [self.predict(image, conf=conf, iou=iou, max_det=max_det, classes=classes, min_side=min_side,
+                                 zoom=zoom) for image in images]
+        results = self.detector.predict(images, conf=conf, iou=iou, max_det=max_det, classes=classes,
+                                        min_side=min_side)
+        return results if zoom is None else self._zoom_masks(images, results, zoom)
+
+    def _zoom_masks(self, image: ImageSource, results: Results, zoom: float) -> Results:
+        """``results`` with each box's mask decoded on its zoom-in crop (see :meth:`predict`)."""
+        from .inference.zoom import ZoomPredictor
+
+        timer = StageTimer()
+        predictor = self.predictor
+        saved = predictor.image_state() if predictor.is_image_set else None
+        with timer("zoom"):
+            if len(results):
+                zoomed = ZoomPredictor(predictor, context=zoom)
+                zoomed.set_image(load_image(image))
+                try:
+                    masks, _, _ = zoomed.predict_compact(boxes=np.asarray(results.boxes, dtype=np.float64),
+                                                         multimask_output=False)
+                finally:  # the image of set_image stays the current one
+                    if saved is not None:
+                        predictor.restore_image_state(saved)
+                    else:
+                        predictor.reset_image()
+                results.masks = masks
+        results.speed = {**results.speed, **timer.ms}
+        return results
 
     __call__ = predict
 

@@ -187,6 +187,24 @@ def test_segment_zoom_matches_the_zoom_predictor_and_keeps_the_image(model, modu
         model.segment(boxes=boxes, zoom=0.5)
 
 
+def test_predict_zoom_redecodes_the_detected_boxes(model, module):
+    from powersam.inference.zoom import ZoomPredictor
+
+    image = noise(240, 320, seed=6)
+    plain = model.predict(image, conf=0.0, max_det=6)
+    zoomed = model.predict(image, conf=0.0, max_det=6, zoom=3.0)
+    assert len(plain) > 0 and "zoom" in zoomed.speed
+    np.testing.assert_array_equal(zoomed.labels, plain.labels)
+    np.testing.assert_array_equal(zoomed.boxes, plain.boxes)
+    np.testing.assert_array_equal(zoomed.scores, plain.scores)
+    reference = ZoomPredictor(SamPredictor(module), context=3.0)
+    reference.set_image(image)
+    want, _, _ = reference.predict_batch(boxes=plain.boxes.astype(np.float64))
+    assert min(mask_iou(a, b) for a, b in zip(zoomed.masks, want[:, 0])) >= 0.99
+    with pytest.raises(ValueError, match="zoom"):
+        model.predict(image, zoom=0.0)
+
+
 def test_segment_needs_prompts_and_an_image(model):
     with pytest.raises(ValueError, match="prompts"):
         model.segment(noise(20, 20))

@@ -28,8 +28,8 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
                         help="point prompts (label 1 foreground, default; 0 background), one prompt for every image "
                              "(added to each box's prompt with --boxes)")
     parser.add_argument("--zoom", type=float, default=None, metavar="CONTEXT",
-                        help="with --boxes: decode each box on a crop of CONTEXT box sides around it, at the model's "
-                             "full input size (small equipment on large photos; docs/zoom.md)")
+                        help="decode each box (given with --boxes, or detected) on a crop of CONTEXT box sides around "
+                             "it, at the model's full input size: small equipment on large photos; docs/zoom.md")
     parser.add_argument("--classes", default=None, help="keep only these detected classes (comma-separated names)")
     parser.add_argument("--conf", type=float, default=0.5, help="detection score threshold (default 0.5)")
     parser.add_argument("--iou", type=float, default=0.65, help="NMS IoU threshold (default 0.65)")

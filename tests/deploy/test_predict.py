@@ -175,8 +175,12 @@ def test_zoom_crops_around_each_box(image_dir, tmp_path, capsys):
         inside[y0:y1, x0:x1] = True
         assert not (mask & ~inside).any()  # nothing beyond the box's crop
     capsys.readouterr()
-    assert predict([str(big), "--out", str(tmp_path / "o2"), *DETECT, "--zoom", "3"]) == 1
+    assert predict([str(big), "--out", str(tmp_path / "o2"), *DETECT, "--points", "5,5", "--zoom", "3"]) == 1
     assert "--boxes" in capsys.readouterr().err
+    # detection: each detected box's mask decoded on its crop
+    assert predict([str(big), "--out", str(tmp_path / "o4"), *DETECT, "--zoom", "2"]) == 0
+    detected = read_json(tmp_path / "o4" / "results.json")
+    assert detected and read_json(tmp_path / "o4" / "summary.json")["mode"] == "detect"
     assert predict([str(big), "--out", str(tmp_path / "o3"), *DETECT, "--boxes", "1,1,9,9", "--zoom", "0.5"]) == 1
     assert "--zoom" in capsys.readouterr().err
 

@@ -147,8 +147,8 @@ def make_segment_fn(
         from ...inference.zoom import check_context
 
         check_context(zoom, "--zoom")
-        if boxes is None:
-            raise ValueError("--zoom crops around box prompts: give --boxes")
+        if boxes is None and points is not None:
+            raise ValueError("--zoom crops around boxes: give --boxes (or detect, without prompts)")
     if boxes is not None or points is not None:
         if classes or min_side is not None:
             raise ValueError("--classes and --min-side apply to detection; they cannot be combined with "
@@ -173,6 +173,15 @@ def make_segment_fn(
         if unknown:
             raise ValueError(f"unknown class name(s) {unknown}; this model knows {list(model.class_names)}")
     options = {} if min_side is None else {"min_side": int(min_side)}
+    if zoom is not None:
+        if "zoom" not in inspect.signature(model.predict).parameters and hasattr(model, "prompt_encoder"):
+            from ...loading import load  # a PyTorch module: the Model object around it re-decodes on crops
+
+            model = load(model)
+        if "zoom" not in inspect.signature(model.predict).parameters:
+            raise ValueError(f"--zoom needs a local model that detects and segments; {type(model).__name__}.predict "
+                             "takes no zoom (e.g. --server)")
+        options["zoom"] = zoom
     return partial(_detect, model, conf, iou, max_det, list(classes) if classes else None, options), "detect"
 
 
