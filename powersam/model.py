@@ -22,6 +22,7 @@ import numpy as np
 from .inference.prompts import prompt_results
 from .inference.timing import StageTimer
 from .io import ImageSource, load_image
+from .masks import CompactMasks
 from .results import Results
 
 __all__ = ["EXPORT_FORMATS", "Model"]
@@ -143,18 +144,30 @@ class Model:
         timer = StageTimer()
         predictor = self.predictor
         saved = predictor.image_state() if predictor.is_image_set else None
+        height, width = results.orig_shape
+        boxes = np.asarray(results.boxes, dtype=np.float64).copy()
+        boxes[:, 0::2], boxes[:, 1::2] = boxes[:, 0::2].clip(0, width), boxes[:, 1::2].clip(0, height)
+        # a box that is a line once clipped cannot be prompted: it keeps the detector's mask
+        usable = np.flatnonzero((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]))
         with timer("zoom"):
-            if len(results):
+            if len(usable):
                 zoomed = ZoomPredictor(predictor, context=zoom)
                 zoomed.set_image(load_image(image))
                 try:
-                    masks, _, _ = zoomed.predict_compact(boxes=np.asarray(results.boxes, dtype=np.float64),
-                                                         multimask_output=False)
+                    decoded, _, _ = zoomed.predict_compact(boxes=boxes[usable], multimask_output=False)
                 finally:  # the image of set_image stays the current one
                     if saved is not None:
                         predictor.restore_image_state(saved)
                     else:
                         predictor.reset_image()
+                source = {int(i): (decoded, k) for k, i in enumerate(usable)}
+                before, masks = results.compact_masks, CompactMasks((height, width))
+                for i in range(len(results)):
+                    if i in source:
+                        y0, x0, crop = source[i][0].crop(source[i][1])
+                    else:
+                        y0, x0, crop = before.crop(i) if before is not None else (0, 0, np.zeros((0, 0), bool))
+                    masks.append_crop(crop, y0, x0)
                 results.masks = masks
         results.speed = {**results.speed, **timer.ms}
         return results

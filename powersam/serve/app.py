@@ -85,8 +85,9 @@ class ModelService:
         start = time.perf_counter()
         rgb = decode_image(data, self.config.max_image_side)
         try:
+            options = {} if params.zoom is None else {"zoom": params.zoom}
             result = self.model.predict(rgb, conf=params.conf, iou=params.iou, max_det=params.max_det,
-                                        classes=params.classes)
+                                        classes=params.classes, **options)
         except ImageTooSmall as err:
             raise ApiError(422, "image_too_small", str(err), "image") from None
         except ValueError as err:

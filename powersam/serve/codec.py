@@ -43,6 +43,7 @@ class DetectParams:
     max_det: Optional[int] = None
     classes: Optional[list[str]] = None
     format: str = "json"
+    zoom: Optional[float] = None  # decode each detected box's mask on a crop of this many box sides (docs/zoom.md)
 
 
 def _number(field: str, text: str, low: float, high: float) -> float:
@@ -57,8 +58,8 @@ def _number(field: str, text: str, low: float, high: float) -> float:
 
 def parse_detect_params(query: Mapping[str, str], class_names: Sequence[str], max_det_limit: int = 1000) -> DetectParams:
     """``conf``, ``iou`` in [0, 1], ``max_det`` in [0, ``max_det_limit``], ``classes`` (comma list of known names),
-    ``format`` (``json`` or ``png``); anything else is a 422 naming the unknown parameter."""
-    allowed = ("conf", "iou", "max_det", "classes", "format")
+    ``format`` (``json`` or ``png``), ``zoom`` in [1, 16]; anything else is a 422 naming the unknown parameter."""
+    allowed = ("conf", "iou", "max_det", "classes", "format", "zoom")
     unknown = sorted(set(query) - set(allowed))
     if unknown:
         raise _invalid(unknown[0], f"unknown query parameter (allowed: {', '.join(allowed)})")
@@ -67,6 +68,8 @@ def parse_detect_params(query: Mapping[str, str], class_names: Sequence[str], ma
         params.conf = _number("conf", query["conf"], 0.0, 1.0)
     if "iou" in query:
         params.iou = _number("iou", query["iou"], 0.0, 1.0)
+    if "zoom" in query:
+        params.zoom = _number("zoom", query["zoom"], 1.0, 16.0)
     if "max_det" in query:
         text = query["max_det"]
         if not text.strip().isdigit() or not 0 <= int(text) <= max_det_limit:

@@ -6,6 +6,8 @@ import json
 
 import numpy as np
 import pytest
+
+from powersam.serve.codec import results_json
 from PIL import Image
 from pycocotools import mask as mask_utils
 
@@ -106,6 +108,10 @@ def test_detect_query_parameters(onnx_model, image):
     assert only["count"] > 0 and set(only["names"]) <= {"DLQ", "JYZ"}
     want = onnx_model.predict(image, conf=0.0, max_det=15)
     assert loose["labels"] == want.labels.tolist()
+    zoomed = client.post("/v1/detect?conf=0&max_det=15&zoom=3", content=encode(image)).json()
+    want = onnx_model.predict(image, conf=0.0, max_det=15, zoom=3.0)
+    assert zoomed["labels"] == want.labels.tolist() and "zoom" in zoomed["speed"]
+    assert zoomed["masks"] == results_json(want)["masks"]
 
 
 def test_detect_png_overlay(onnx_model, image):
@@ -121,7 +127,7 @@ def test_detect_png_overlay(onnx_model, image):
     ("conf=2", "conf", "[0, 1]"), ("conf=abc", "conf", "number"), ("iou=-0.1", "iou", "[0, 1]"),
     ("conf=nan", "conf", "[0, 1]"), ("max_det=-1", "max_det", "integer"), ("max_det=1.5", "max_det", "integer"),
     ("max_det=100000", "max_det", "[0, 1000]"), ("classes=XYZ", "classes", "XYZ"), ("format=gif", "format", "gif"),
-    ("threshold=0.5", "threshold", "unknown query parameter"),
+    ("threshold=0.5", "threshold", "unknown query parameter"), ("zoom=0.5", "zoom", "[1, 16]"),
 ])
 def test_detect_rejects_bad_parameters(onnx_model, image, query, field, says):
     response = make_client(onnx_model).post(f"/v1/detect?{query}", content=encode(image))
