@@ -121,7 +121,8 @@ class Model:
         defaults), ``classes`` class names to keep, ``min_side`` the shortest image side (None: 16 px, 0: any; else
         ``ImageTooSmall``). ``zoom``: the masks of the detected boxes are decoded again on crops of that many box
         sides around them (:class:`~powersam.inference.zoom.ZoomPredictor`; one encoder pass per distinct crop,
-        timed as ``zoom``): small equipment on large photos keeps its pixels. Results carry ``speed`` (ms per
+        timed as ``zoom``; a box whose crop would be most of the image keeps the detector's mask): small equipment
+        on large photos keeps its pixels. Results carry ``speed`` (ms per
         stage) and ``empty_masks``."""
         if self.detector is None:
             raise ValueError(f"{self.model_name} has no box-prompt generator or detector: use segment() with prompts")
@@ -147,12 +148,16 @@ class Model:
         height, width = results.orig_shape
         boxes = np.asarray(results.boxes, dtype=np.float64).copy()
         boxes[:, 0::2], boxes[:, 1::2] = boxes[:, 0::2].clip(0, width), boxes[:, 1::2].clip(0, height)
-        # a box that is a line once clipped cannot be prompted: it keeps the detector's mask
+        # A box that is a line once clipped cannot be prompted, and one whose window is the whole image would be
+        # decoded as the detector already did: both keep the detector's mask (no second whole-image encoder pass).
+        rgb = load_image(image)
+        zoomed = ZoomPredictor(predictor, context=zoom)
+        zoomed.set_image(rgb)
+        whole = (0, 0, width, height)
         usable = np.flatnonzero((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]))
+        usable = np.asarray([i for i in usable if zoomed.window_of(boxes[i]) != whole], dtype=np.int64)
         with timer("zoom"):
             if len(usable):
-                zoomed = ZoomPredictor(predictor, context=zoom)
-                zoomed.set_image(load_image(image))
                 try:
                     decoded, _, _ = zoomed.predict_compact(boxes=boxes[usable], multimask_output=False)
                 finally:  # the image of set_image stays the current one
