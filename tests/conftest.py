@@ -58,6 +58,12 @@ TINY_PIPELINE = [
 
 
 @pytest.fixture(scope="session")
+def tiny_pipeline_overrides() -> list[str]:
+    """The tiny run's ``--set`` overrides (a fixture: ``from conftest import`` finds whichever conftest comes first)."""
+    return list(TINY_PIPELINE)
+
+
+@pytest.fixture(scope="session")
 def tiny_pipeline_run(tmp_path_factory):
     """``(run folder, config, metrics)`` of the tiny pipeline run; ``folder / "powersam_s.pt"`` is a trained model."""
     from powersam.train.config import apply_overrides

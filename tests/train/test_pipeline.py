@@ -38,15 +38,14 @@ def test_resume_skips_finished_stages(tiny_pipeline_run):
     assert again["student_box_miou"] == metrics["student_box_miou"]
 
 
-def test_zoom_trains_on_crops_and_reports_both_framings(tmp_path):
+def test_zoom_trains_on_crops_and_reports_both_framings(tmp_path, tiny_pipeline_overrides):
     """zoom_context adds one crop per instance to the training images of the teacher and stages 1-2; eval.zoom
     evaluates the prompts on crops and reports the whole-frame box mIoU beside it."""
-    from conftest import TINY_PIPELINE
     from powersam.data.coco import CocoInstances
     from powersam.train.config import apply_overrides
     from powersam.train.pipeline import demo_config
 
-    cfg = apply_overrides(demo_config(tmp_path), [*TINY_PIPELINE, "synth.num_images=8", "teacher.finetune=decoder",
+    cfg = apply_overrides(demo_config(tmp_path), [*tiny_pipeline_overrides, "synth.num_images=8", "teacher.finetune=decoder",
                                                   "zoom_context=[3.0,5.0]", "eval.zoom=4.0", "eval.overlays=0",
                                                   "eval.refine_iters=0"])
     metrics = run_pipeline(cfg)
