@@ -134,11 +134,16 @@ class Model:
         if isinstance(images, (list, tuple)):
             return [self.predict(image, conf=conf, iou=iou, max_det=max_det, classes=classes, min_side=min_side,
                                  zoom=zoom) for image in images]
-        results = self.detector.predict(images, conf=conf, iou=iou, max_det=max_det, classes=classes,
-                                        min_side=min_side)
-        return results if zoom is None else self._zoom_masks(images, results, zoom)
+        if zoom is None:
+            return self.detector.predict(images, conf=conf, iou=iou, max_det=max_det, classes=classes,
+                                         min_side=min_side)
+        rgb = load_image(images)  # decoded once for the detector and the crops
+        results = self.detector.predict(rgb, conf=conf, iou=iou, max_det=max_det, classes=classes, min_side=min_side)
+        if isinstance(images, (str, Path)):
+            results.image_path = str(images)
+        return self._zoom_masks(rgb, results, zoom)
 
-    def _zoom_masks(self, image: ImageSource, results: Results, zoom: float) -> Results:
+    def _zoom_masks(self, rgb: np.ndarray, results: Results, zoom: float) -> Results:
         """``results`` with each box's mask decoded on its zoom-in crop (see :meth:`predict`)."""
         from .inference.zoom import ZoomPredictor
 
@@ -150,7 +155,6 @@ class Model:
         boxes[:, 0::2], boxes[:, 1::2] = boxes[:, 0::2].clip(0, width), boxes[:, 1::2].clip(0, height)
         # A box that is a line once clipped cannot be prompted, and one whose window is the whole image would be
         # decoded as the detector already did: both keep the detector's mask (no second whole-image encoder pass).
-        rgb = load_image(image)
         zoomed = ZoomPredictor(predictor, context=zoom)
         zoomed.set_image(rgb)
         whole = (0, 0, width, height)
