@@ -59,6 +59,8 @@ def main() -> int:
     parser.add_argument("--command", required=True, help="the exact training command (recorded)")
     parser.add_argument("--scenes", type=int, default=100, help="held-out scenes to evaluate on (default 100)")
     parser.add_argument("--img-sizes", default="256,512", help="network inputs to evaluate at (default 256,512)")
+    parser.add_argument("--zoom", type=float, default=None,
+                        help="also evaluate box prompts zoomed in (crop of this many box sides; docs/zoom.md)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads for the evaluation")
     args = parser.parse_args()
     if args.threads:
@@ -87,9 +89,19 @@ def main() -> int:
                               "box_as_mask": result["box_as_mask"]}
         print(f"\nheld-out scenes (seed {HELDOUT_SEED}, {args.scenes} scenes) at img_size {size}:")
         print(format_scene_table(result, "teacher"))
+        if args.zoom is not None:
+            zoomed = evaluate_on_scenes(model, count=args.scenes, prompts=("box",), zoom=args.zoom)
+            heldout[str(size)]["zoom"] = {"context": args.zoom, "miou": zoomed["miou"],
+                                          "per_size": zoomed["per_size"]}
+            print(f"zoomed in (x{args.zoom:g}):")
+            print(format_scene_table(zoomed, f"teacher zoom x{args.zoom:g}"))
     # the curve across runs: box mIoU overall and per size at each evaluated input size
     run["heldout_box"] = {size: {"all": values["miou"]["box"], **{k: v["box"] for k, v in values["per_size"].items()}}
                           for size, values in heldout.items()}
+    if args.zoom is not None:
+        run["heldout_box_zoom"] = {size: {"context": args.zoom, "all": values["zoom"]["miou"]["box"],
+                                          **{k: v["box"] for k, v in values["zoom"]["per_size"].items()}}
+                                   for size, values in heldout.items()}
     record = {
         "name": "synth",
         "description": "SAM prompt encoder + mask decoder on EdgeSAM's RepViT-M1 encoder, pretrained on procedural "

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..inference.zoom import check_context, zoom_window
 
-__all__ = ["ZoomCrops", "check_context_range"]
+__all__ = ["ZoomCrops", "ZoomedStream", "check_context_range", "crop_around"]
 
 
 def check_context_range(context: Any, name: str = "zoom_context") -> tuple[float, float]:
@@ -94,41 +94,104 @@ class ZoomCrops:
             return sample
         if instance >= len(sample.labels):  # the source skipped a bad record: the whole image instead
             return replace(sample, image_id=self._ids[index])
-        return self._crop(sample, instance, context, self._ids[index])
+        return crop_around(sample, instance, context, self._ids[index], self.min_visible)
 
-    def _crop(self, sample: Any, instance: int, context: float, image_id: int) -> Any:
+
+def crop_around(sample: Any, instance: int, context: float, image_id: int, min_visible: float = 0.5) -> Any:
+    """``sample`` cut to :func:`~powersam.inference.zoom.zoom_window` of its instance ``instance`` (module docstring):
+    the neighbours with at least ``min_visible`` of their area inside, masks cut, boxes clipped."""
+    height, width = sample.image.shape[:2]
+    x0, y0, x1, y1 = zoom_window(sample.boxes[instance], (height, width), context)
+    boxes = np.asarray(sample.boxes, dtype=np.float32).reshape(-1, 4)
+    clipped = boxes - np.array([x0, y0, x0, y0], dtype=np.float32)
+    clipped[:, 0::2] = clipped[:, 0::2].clip(0, x1 - x0)
+    clipped[:, 1::2] = clipped[:, 1::2].clip(0, y1 - y0)
+    if sample.masks is not None:
+        masks = sample.masks[:, y0:y1, x0:x1]
+        full = sample.masks.reshape(len(boxes), -1).sum(axis=1)
+        inside = masks.reshape(len(boxes), -1).sum(axis=1)
+    else:
+        masks = None
+        full = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        inside = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
+    keep = inside >= min_visible * np.maximum(full, 1e-9)
+    keep &= (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+    keep[instance] = True
+    ignore = np.asarray(sample.ignore_boxes, dtype=np.float32).reshape(-1, 4) - np.array([x0, y0, x0, y0],
+                                                                                           dtype=np.float32)
+    ignore[:, 0::2] = ignore[:, 0::2].clip(0, x1 - x0)
+    ignore[:, 1::2] = ignore[:, 1::2].clip(0, y1 - y0)
+    ignore = ignore[(ignore[:, 2] > ignore[:, 0]) & (ignore[:, 3] > ignore[:, 1])]
+    return replace(
+        sample,
+        image=np.ascontiguousarray(sample.image[y0:y1, x0:x1]),
+        image_id=image_id,
+        file_name=f"{Path(sample.file_name).stem}#zoom{instance}{Path(sample.file_name).suffix}",
+        boxes=clipped[keep],
+        labels=np.asarray(sample.labels)[keep],
+        masks=None if masks is None else np.ascontiguousarray(masks[keep]),
+        annotation_ids=np.asarray(sample.annotation_ids)[keep],
+        ignore_boxes=ignore,
+        ignore_mask=None if sample.ignore_mask is None else np.ascontiguousarray(sample.ignore_mask[y0:y1, x0:x1]),
+        orig_size=(y1 - y0, x1 - x0),
+    )
+
+
+class ZoomedStream:
+    """A scene stream (:class:`~powersam.data.synth_stream.SceneStream`) where a seeded share ``prob`` of the
+    indices yields a zoom-in crop around one of the scene's instances instead of the whole scene.
+
+    Only instances that zoom-in prompting would crop for are drawn: those whose window covers less than
+    ``full_frame_fraction`` of the image (the :class:`~powersam.inference.zoom.ZoomPredictor` rule; larger boxes
+    are decoded on the full frame there, which the whole scenes already train). A scene without one stays whole.
+
+    The choice (crop or not, which instance, which context) depends only on ``seed`` and the index, so a resumed
+    run sees the same samples. The stream is never cached by image id, so a crop keeps its scene's id.
+
+    Args:
+        stream: anything indexable returning a ``Sample`` (``image_ids``, ``class_names``, … pass through).
+        context: [min, max] window side / box side; each crop draws one value uniformly.
+        prob: share of indices that become a crop (0: the stream unchanged; 1: crops only).
+        seed: fixes every draw.
+        min_visible: a neighbour enters a crop when at least this share of its area is inside.
+        full_frame_fraction: see above (the predictor's default).
+    """
+
+    def __init__(self, stream: Any, context: Any = (3.0, 5.0), prob: float = 0.5, seed: int = 0,
+                 min_visible: float = 0.5, full_frame_fraction: float = 0.5) -> None:
+        if not 0.0 <= float(prob) <= 1.0:
+            raise ValueError(f"zoom_prob must lie in [0, 1]; got {prob!r}")
+        if not 0.0 < float(min_visible) <= 1.0:
+            raise ValueError(f"min_visible must lie in (0, 1]; got {min_visible!r}")
+        self.stream = stream
+        self.context = check_context_range(context)
+        if not 0.0 < float(full_frame_fraction) <= 1.0:
+            raise ValueError(f"full_frame_fraction must lie in (0, 1]; got {full_frame_fraction!r}")
+        self.prob, self.seed, self.min_visible = float(prob), int(seed), float(min_visible)
+        self.full_frame_fraction = float(full_frame_fraction)
+
+    def __len__(self) -> int:
+        return len(self.stream)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "stream":
+            raise AttributeError(name)
+        return getattr(self.stream, name)
+
+    def __getitem__(self, index: int) -> Any:
+        sample = self.stream[index]
+        rng = np.random.default_rng([self.seed, 0x201, int(index)])
+        if len(sample.labels) == 0 or rng.random() >= self.prob:
+            return sample
+        context = float(rng.uniform(*self.context))
         height, width = sample.image.shape[:2]
-        x0, y0, x1, y1 = zoom_window(sample.boxes[instance], (height, width), context)
-        boxes = np.asarray(sample.boxes, dtype=np.float32).reshape(-1, 4)
-        clipped = boxes - np.array([x0, y0, x0, y0], dtype=np.float32)
-        clipped[:, 0::2] = clipped[:, 0::2].clip(0, x1 - x0)
-        clipped[:, 1::2] = clipped[:, 1::2].clip(0, y1 - y0)
-        if sample.masks is not None:
-            masks = sample.masks[:, y0:y1, x0:x1]
-            full = sample.masks.reshape(len(boxes), -1).sum(axis=1)
-            inside = masks.reshape(len(boxes), -1).sum(axis=1)
-        else:
-            masks = None
-            full = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-            inside = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
-        keep = inside >= self.min_visible * np.maximum(full, 1e-9)
-        keep &= (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
-        keep[instance] = True
-        ignore = np.asarray(sample.ignore_boxes, dtype=np.float32).reshape(-1, 4) - np.array([x0, y0, x0, y0],
-                                                                                               dtype=np.float32)
-        ignore[:, 0::2] = ignore[:, 0::2].clip(0, x1 - x0)
-        ignore[:, 1::2] = ignore[:, 1::2].clip(0, y1 - y0)
-        ignore = ignore[(ignore[:, 2] > ignore[:, 0]) & (ignore[:, 3] > ignore[:, 1])]
-        return replace(
-            sample,
-            image=np.ascontiguousarray(sample.image[y0:y1, x0:x1]),
-            image_id=image_id,
-            file_name=f"{Path(sample.file_name).stem}#zoom{instance}{Path(sample.file_name).suffix}",
-            boxes=clipped[keep],
-            labels=np.asarray(sample.labels)[keep],
-            masks=None if masks is None else np.ascontiguousarray(masks[keep]),
-            annotation_ids=np.asarray(sample.annotation_ids)[keep],
-            ignore_boxes=ignore,
-            ignore_mask=None if sample.ignore_mask is None else np.ascontiguousarray(sample.ignore_mask[y0:y1, x0:x1]),
-            orig_size=(y1 - y0, x1 - x0),
-        )
+        limit = self.full_frame_fraction * height * width
+        zoomed = []
+        for k, box in enumerate(sample.boxes):
+            x0, y0, x1, y1 = zoom_window(box, (height, width), context)
+            if (x1 - x0) * (y1 - y0) < limit:
+                zoomed.append(k)
+        if not zoomed:
+            return sample
+        instance = zoomed[int(rng.integers(len(zoomed)))]
+        return crop_around(sample, instance, context, sample.image_id, self.min_visible)

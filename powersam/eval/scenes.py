@@ -46,10 +46,12 @@ def heldout_scenes(count: int = 100, seed: int = HELDOUT_SEED, spec: SceneSpec =
 
 def evaluate_on_scenes(model: Any, count: int = 100, seed: int = HELDOUT_SEED, spec: SceneSpec = SceneSpec(),
                        prompts: Sequence[str] = ("box", "point"), refine_iters: int = 2,
-                       progress: bool = False) -> dict[str, Any]:
-    """:func:`evaluate_miou` on ``count`` held-out scenes, plus ``"box_as_mask"`` for the same instances."""
+                       progress: bool = False, zoom: float | None = None) -> dict[str, Any]:
+    """:func:`evaluate_miou` on ``count`` held-out scenes, plus ``"box_as_mask"`` for the same instances.
+
+    ``zoom``: decode each box prompt on a crop of that many box sides around it (zoom-in prompting)."""
     scenes = heldout_scenes(count, seed, spec)
-    result = evaluate_miou(model, scenes, prompts=prompts, refine_iters=refine_iters, progress=progress)
+    result = evaluate_miou(model, scenes, prompts=prompts, refine_iters=refine_iters, progress=progress, zoom=zoom)
     result["box_as_mask"] = box_as_mask_miou(scenes)
     result["scenes"] = {"count": int(count), "seed": int(seed), "height": spec.height, "width": spec.width,
                         "min_objects": spec.min_objects, "max_objects": spec.max_objects}

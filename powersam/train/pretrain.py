@@ -46,9 +46,21 @@ class StreamedStageConfig(SamStageConfig):
     min_objects: int = 2
     max_objects: int = 6
     size_jitter: float = 0.15
+    # With zoom_context (inherited: [min, max] window side / box side) this share of the scenes becomes a zoom-in
+    # crop around one of its instances (powersam.data.zoom_crops.ZoomedStream), the inputs zoom-in prompting gives.
+    zoom_prob: float = 0.5
 
     def scene_spec(self) -> SceneSpec:
         return SceneSpec(self.scene_height, self.scene_width, self.min_objects, self.max_objects, self.size_jitter)
+
+    def scene_stream(self) -> Any:
+        """The training scenes: the stream of ``scene_seed``, with zoom-in crops when ``zoom_context`` is set."""
+        stream = SceneStream(self.scene_seed, self.scene_spec())
+        if self.zoom_context is None:
+            return stream
+        from ..data.zoom_crops import ZoomedStream
+
+        return ZoomedStream(stream, self.zoom_context, prob=self.zoom_prob, seed=self.scene_seed)
 
 
 @dataclass
@@ -80,9 +92,7 @@ def pretrain_teacher(cfg: SynthTeacherConfig, resume: bool = False) -> Path:
         source = resolve_teacher_checkpoint(cfg.init_checkpoint)
         sam = load_teacher(cfg.model, source, img_size=cfg.img_size)
         previous = read_powersam_checkpoint(source).get("meta") or {}  # its steps count toward the total
-    spec = cfg.scene_spec()
-    stream = SceneStream(cfg.scene_seed, spec)
-    dataset = SamTrainDataset(stream, cfg.img_size, max_prompts=cfg.max_prompts)
+    dataset = SamTrainDataset(cfg.scene_stream(), cfg.img_size, max_prompts=cfg.max_prompts)
     scenes_per_epoch = cfg.iters_per_epoch * cfg.batch_size * info.world_size
     sampler = ConsecutiveSampler(scenes_per_epoch, offset=cfg.scene_offset)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
@@ -115,6 +125,8 @@ def save_pretrained_teacher(path: Path, state: dict[str, Any], model_name: str, 
         "total_steps": int(previous.get("total_steps", 0)) + steps,
         "scene_seed": cfg.scene_seed, "scene_offset": cfg.scene_offset,
         "next_scene_offset": cfg.scene_offset + scenes_used, "img_size": cfg.img_size, "partial": partial,
+        "zoom_context": None if cfg.zoom_context is None else [float(c) for c in cfg.zoom_context],
+        "zoom_prob": cfg.zoom_prob if cfg.zoom_context is not None else None,
         "summary": [f"pretrained {steps} steps on {scenes_used} fresh scenes of stream {cfg.scene_seed}"
                     + (f" (stopped before its {cfg.epochs * cfg.iters_per_epoch} steps)" if partial else "")],
     }
@@ -196,7 +208,7 @@ def pretrain_student(cfg: SynthStudentConfig, resume: bool = False) -> Path:
         sam = build_model(cfg.student, checkpoint=source, img_size=cfg.img_size, with_detector=False)
         previous = read_powersam_checkpoint(source).get("meta") or {}
     copy_decoder(sam, teacher)
-    dataset = SamTrainDataset(SceneStream(cfg.scene_seed, cfg.scene_spec()), cfg.img_size, with_instances=False)
+    dataset = SamTrainDataset(cfg.scene_stream(), cfg.img_size, with_instances=False)
     sampler = ConsecutiveSampler(cfg.iters_per_epoch * cfg.batch_size * info.world_size, offset=cfg.scene_offset)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
                         collate_fn=collate_sam_batch, drop_last=True, worker_init_fn=ignore_stop_signals)

@@ -4,7 +4,8 @@ import pytest
 
 from powersam.data.coco import CocoInstances
 from powersam.data.synth import generate_dataset
-from powersam.data.zoom_crops import ZoomCrops, check_context_range
+from powersam.data.synth_stream import SceneSpec, SceneStream
+from powersam.data.zoom_crops import ZoomCrops, ZoomedStream, check_context_range
 from powersam.inference.zoom import zoom_window
 
 
@@ -85,3 +86,39 @@ def test_boxes_only_data_uses_box_areas(coco):
 def test_bad_context_ranges_are_named(bad):
     with pytest.raises(ValueError, match="zoom_context"):
         check_context_range(bad)
+
+
+def test_a_zoomed_stream_mixes_whole_scenes_and_crops_of_zoomable_instances():
+    stream = SceneStream(7, SceneSpec(min_objects=3, max_objects=5))
+    zoomed = ZoomedStream(stream, (2.5, 4.5), prob=0.5, seed=7)
+    assert len(zoomed) == len(stream) and zoomed.class_names == stream.class_names
+    crops = 0
+    for index in range(24):
+        sample, scene = zoomed[index], stream[index]
+        if sample.image.shape == scene.image.shape and np.array_equal(sample.image, scene.image):
+            continue
+        crops += 1
+        height, width = sample.image.shape[:2]
+        # a window zoom-in prompting would use: less than half the scene, square unless cut by the scene's edge
+        assert height * width < 0.5 * scene.image.shape[0] * scene.image.shape[1]
+        assert sample.masks.shape == (len(sample.labels), height, width) and len(sample.labels) >= 1
+        assert sample.image_id == scene.image_id  # streams are not cached by id
+        assert np.all(sample.boxes[:, 2:] <= [width, height]) and np.all(sample.boxes[:, :2] >= 0)
+        # the crop is a window of the scene: its pixels are found there
+        name = sample.file_name
+        instance = int(name.split("#zoom")[1].split(".")[0])
+        x0, y0, x1, y1 = zoom_window(scene.boxes[instance], scene.image.shape[:2], 2.5)
+        assert (x1 - x0) * (y1 - y0) < 0.5 * scene.image.shape[0] * scene.image.shape[1]
+    assert 4 <= crops <= 20  # about half, and only when an instance is small enough to zoom on
+    again = ZoomedStream(stream, (2.5, 4.5), prob=0.5, seed=7)
+    for index in (0, 5, 11):  # fixed by the seed and the index (a resumed run sees the same samples)
+        np.testing.assert_array_equal(again[index].image, zoomed[index].image)
+    assert all(np.array_equal(ZoomedStream(stream, 3.0, prob=0.0)[i].image, stream[i].image) for i in range(4))
+
+
+@pytest.mark.parametrize("kwargs, field", [({"prob": 1.5}, "zoom_prob"), ({"context": (5, 2)}, "zoom_context"),
+                                           ({"full_frame_fraction": 0.0}, "full_frame_fraction")])
+def test_a_zoomed_stream_names_bad_settings(kwargs, field):
+    settings = {"context": (3.0, 5.0), **kwargs}
+    with pytest.raises(ValueError, match=field):
+        ZoomedStream(SceneStream(1), **settings)

@@ -28,6 +28,19 @@ def test_pretraining_writes_a_teacher_that_records_its_scenes(tmp_path):
     assert meta["steps"] == meta["total_steps"] == 4 and meta["next_scene_offset"] == 8
     records = read_metrics(tmp_path / "a" / "metrics.jsonl")
     assert len(records) == 4 and all(torch.isfinite(torch.tensor(r["loss"])) for r in records)
+    assert meta["zoom_context"] is None
+
+
+def test_pretraining_with_zoom_in_crops_trains_on_them_and_records_them(tmp_path):
+    from powersam.data.zoom_crops import ZoomedStream
+
+    cfg = tiny_config(tmp_path / "z", epochs=1, zoom_context=[2.0, 3.0], zoom_prob=1.0, min_objects=3)
+    stream = cfg.scene_stream()
+    assert isinstance(stream, ZoomedStream) and stream.context == (2.0, 3.0) and stream.prob == 1.0
+    assert not isinstance(tiny_config(tmp_path / "w").scene_stream(), ZoomedStream)
+    meta = read_powersam_checkpoint(pretrain_teacher(cfg))["meta"]
+    assert meta["zoom_context"] == [2.0, 3.0] and meta["zoom_prob"] == 1.0
+    assert len(read_metrics(tmp_path / "z" / "metrics.jsonl")) == 2
 
 
 def test_a_continued_run_starts_from_the_earlier_teacher_and_counts_its_steps(tmp_path):
