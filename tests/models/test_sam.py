@@ -314,6 +314,26 @@ def test_mask_decoder_inference_shortcuts_equal_the_training_path(pair, prompts_
         assert_close_scaled(fast_iou, plain_iou.detach())
 
 
+def test_inference_leaves_the_callers_embeddings_unchanged(pair):
+    """Inference accumulates the second layer's image→token output into its own image tokens in place; the
+    caller's embeddings (one shared, one per prompt, one already laid out token-major) must stay as they were."""
+    transformer = pair[0].mask_decoder.transformer
+    generator = torch.Generator().manual_seed(6)
+    pe = torch.randn(1, 256, 16, 16, generator=generator)
+    tokens = torch.randn(3, 7, 256, generator=generator)
+    shared = torch.randn(1, 256, 16, 16, generator=generator)
+    per_prompt = torch.randn(3, 256, 16, 16, generator=generator)
+    token_major_layout = torch.randn(3, 16, 16, 256, generator=generator).permute(0, 3, 1, 2)  # no copy is made
+    for image in (shared, per_prompt, token_major_layout):
+        before = image.clone()
+        with torch.no_grad():
+            fast_tokens, fast_keys = transformer(image, pe, tokens)
+        torch.testing.assert_close(image, before, rtol=0, atol=0)
+        plain_tokens, plain_keys = transformer(image, pe, tokens)  # autograd: SAM's op sequence
+        torch.testing.assert_close(fast_keys, plain_keys.detach(), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(fast_tokens, plain_tokens.detach(), rtol=1e-4, atol=1e-4)
+
+
 def test_final_attention_on_the_read_tokens_only_equals_their_rows(pair):
     """At inference only the tokens the decoder reads go through the final attention; they come out as the full
     run's rows (each token attends on its own there)."""

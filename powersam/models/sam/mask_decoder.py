@@ -241,20 +241,26 @@ class MaskDecoder(nn.Module):
         up1, norm, act1, up2, act2 = self.output_upscaling
         batch = src.shape[0]
 
-        def conv_t(x: torch.Tensor, conv: nn.ConvTranspose2d) -> torch.Tensor:
+        def as_linear(conv: nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tensor | None, int]:
             # weight Cin×Cout×2×2 → (2·2·Cout)×Cin: output rows ordered (di, dj, channel); the bias, repeated
-            # per (di, dj), goes into the matmul (addmm) instead of a separate pass over the 4×-larger output
+            # per (di, dj), goes into the matmul (addmm) instead of a separate pass over the 4×-larger output.
+            # Rearranged once per call, not per slice of tokens.
             weight = conv.weight.permute(2, 3, 1, 0).reshape(4 * conv.out_channels, conv.in_channels)
-            bias = conv.bias.repeat(4) if conv.bias is not None else None
-            return F.linear(x, weight, bias).unflatten(-1, (4, conv.out_channels))
+            return weight, (conv.bias.repeat(4) if conv.bias is not None else None), conv.out_channels
+
+        linear1, linear2 = as_linear(up1), as_linear(up2)
+
+        def conv_t(x: torch.Tensor, linear: tuple[torch.Tensor, torch.Tensor | None, int]) -> torch.Tensor:
+            weight, bias, out_channels = linear
+            return F.linear(x, weight, bias).unflatten(-1, (4, out_channels))
 
         tokens = hyper_in.shape[1]
 
         def upscale(rows: torch.Tensor) -> torch.Tensor:
             """B×n×C image tokens → B×(n·4·4)×T mask logits, rows ordered (token, a, b, c, d)."""
-            x = conv_t(rows, up1)  # B×n×4×C1, blocks (a, b)
+            x = conv_t(rows, linear1)  # B×n×4×C1, blocks (a, b)
             x = act1(F.layer_norm(x, (x.shape[-1],), norm.weight, norm.bias, norm.eps))
-            x = act2(conv_t(x, up2))  # B×n×4×4×C2, blocks (a, b) then (c, d)
+            x = act2(conv_t(x, linear2))  # B×n×4×4×C2, blocks (a, b) then (c, d)
             return x.reshape(batch, 16 * rows.shape[1], x.shape[-1]) @ hyper_in.transpose(1, 2)
 
         if eager_inference():

@@ -101,16 +101,19 @@ class Attention(nn.Module):
         batch, heads, tokens, channels = x.shape
         return x.transpose(1, 2).reshape(batch, tokens, heads * channels)
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor, residual: Tensor | None = None) -> Tensor:
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, residual: Tensor | None = None,
+                residual_writable: bool = False) -> Tensor:
         """q: B×Nq×C, k and v: B×Nk×C (or 1×Nk×C, shared by the B query sets) → B×Nq×C, plus ``residual``
-        (B×Nq×C or 1×Nq×C) when given."""
+        (B×Nq×C or 1×Nq×C) when given. ``residual_writable``: the caller no longer needs ``residual``, so inference
+        may accumulate the output into it (the returned tensor may then be ``residual`` itself)."""
         if eager_inference():
             few_queries, few_keys = q.shape[1] <= FEW_TOKENS, k.shape[1] <= FEW_TOKENS
             if few_queries and k.shape[1] >= MANY_TOKENS:
                 return self._attend_few_queries(q, k, v, residual)
             if few_keys and q.shape[1] >= MANY_TOKENS and q.shape[0] == k.shape[0]:
                 # queries of their own per prompt: the query projection goes into the keys' side (below)
-                return self._attend_few_keys(q, self.k_proj(k), self.v_proj(v), residual, project_queries=True)
+                return self._attend_few_keys(q, self.k_proj(k), self.v_proj(v), residual, project_queries=True,
+                                             residual_writable=residual_writable)
         return self.attend_projected(self.q_proj(q), self.k_proj(k), self.v_proj(v), residual)
 
     def _attend_few_queries(self, q: Tensor, k: Tensor, v: Tensor, residual: Tensor | None) -> Tensor:
@@ -161,7 +164,7 @@ class Attention(nn.Module):
         return out if residual is None else residual + out
 
     def _attend_few_keys(self, q: Tensor, k: Tensor, v: Tensor, residual: Tensor | None,
-                         project_queries: bool = False) -> Tensor:
+                         project_queries: bool = False, residual_writable: bool = False) -> Tensor:
         """Image→token attention (thousands of queries, a handful of keys) as two dense products, token-major,
         output projection included.
 
@@ -203,6 +206,12 @@ class Attention(nn.Module):
             return out if residual is None else residual + out
         # One matrix product per prompt on the CPU: a batched product with an inner size of h·Nk (56 for SAM's box
         # prompt) ran at half the speed of these (AVX2), and addmm adds the residual on the way.
+        if (residual_writable and residual is not None and residual.shape == (batch, q.shape[1], values.shape[2])
+                and residual.is_contiguous()):
+            # accumulated in place: no copy of the B×Nq×C residual into a new output first (addmm with out= does one)
+            for i in range(batch):
+                residual[i].addmm_(scores[i], values[i])
+            return residual
         out = scores.new_empty(batch, q.shape[1], values.shape[2])
         for i in range(batch):
             if residual is None:
@@ -244,8 +253,12 @@ class TwoWayAttentionBlock(nn.Module):
         self.cross_attn_image_to_token = Attention(embedding_dim, num_heads, downsample_rate=attention_downsample_rate)
         self.skip_first_layer_pe = skip_first_layer_pe
 
-    def forward(self, queries: Tensor, keys: Tensor, query_pe: Tensor, key_pe: Tensor) -> tuple[Tensor, Tensor]:
-        """queries B×Nt×C (tokens), keys B×Ni×C (image) and their PEs → updated (queries, keys)."""
+    def forward(self, queries: Tensor, keys: Tensor, query_pe: Tensor, key_pe: Tensor,
+                keys_writable: bool = False) -> tuple[Tensor, Tensor]:
+        """queries B×Nt×C (tokens), keys B×Ni×C (image) and their PEs → updated (queries, keys).
+
+        ``keys_writable``: ``keys`` belongs to the caller's computation alone (not the user's embedding), so
+        inference may update it in place."""
         if self.skip_first_layer_pe:
             queries = self.self_attn(q=queries, k=queries, v=queries)
         else:
@@ -260,7 +273,8 @@ class TwoWayAttentionBlock(nn.Module):
         queries = self.norm3(queries + self.mlp(queries))
 
         q = queries + query_pe
-        keys = self.norm4(self.cross_attn_image_to_token(q=k, k=q, v=queries, residual=keys))
+        keys = self.norm4(self.cross_attn_image_to_token(q=k, k=q, v=queries, residual=keys,
+                                                         residual_writable=keys_writable))
         return queries, keys
 
 
@@ -326,8 +340,10 @@ class TwoWayTransformer(nn.Module):
         image_pe = token_major(image_pe)
 
         queries, keys = point_embedding, image_tokens
-        for layer in self.layers:
-            queries, keys = layer(queries=queries, keys=keys, query_pe=point_embedding, key_pe=image_pe)
+        for index, layer in enumerate(self.layers):
+            # after the first layer the image tokens are this call's own tensor (a layer's norm4 output)
+            queries, keys = layer(queries=queries, keys=keys, query_pe=point_embedding, key_pe=image_pe,
+                                  keys_writable=index > 0)
 
         if final_tokens is not None and eager_inference():
             index = torch.as_tensor(list(final_tokens), dtype=torch.long, device=queries.device)
