@@ -221,8 +221,8 @@ class Model:
                 ``model.predictor.predict_batch`` to get them).
             zoom: decode each box on a crop of ``zoom`` box sides around it, encoded at the model's full input
                 size (:class:`~powersam.inference.zoom.ZoomPredictor`): small objects on large photos keep their
-                pixels; one encoder pass per distinct crop, timed under ``decoder``. Prompts without a box use
-                the whole image.
+                pixels; one encoder pass per distinct crop, timed under ``decoder``. Point prompts without a box
+                use the whole image, and once they hold two points or more also a crop around that answer.
 
         Returns:
             :class:`Results` with N compact single-mask outputs (class ``"object"``), the predicted IoU as score, the

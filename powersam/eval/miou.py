@@ -216,8 +216,8 @@ def evaluate_miou(
         multimask_output: decode 3 masks and keep the best-scored one instead of the single-mask output.
         chunk_size: instances decoded together (bounds memory: chunk × H × W masks at a time).
         zoom: decode each box prompt (and its clicks) on a crop of ``zoom`` box sides around the box
-            (:class:`~powersam.inference.zoom.ZoomPredictor`); None: on the whole image. Point prompts always use
-            the whole image.
+            (:class:`~powersam.inference.zoom.ZoomPredictor`); None: on the whole image. A point prompt is decoded
+            on the whole image, and from its first refinement click on also zoomed on that answer's extent.
 
     Returns:
         ``{"miou": {key: mIoU ×100 or None}, "per_class": {name: {key: mIoU}}, "per_size": {"small"|"medium"|

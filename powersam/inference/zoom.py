@@ -6,8 +6,10 @@ square window of ``context`` × the box's longer side around each box and runnin
 small equipment the resolution the model was trained at; the masks are pasted back into the full frame.
 
 The cost is one encoder pass per distinct window (cached, so refinement clicks on the same box reuse it); boxes
-whose window would cover most of the image share one full-frame pass. Prompts without a box (points only) have
-no extent to zoom on and use the full frame.
+whose window would cover most of the image share one full-frame pass. Prompts without a box (points only) have no
+extent of their own: once a point prompt holds a refinement click (two points or more), it is decoded on the full
+frame first and then again in the window around that answer's extent and its clicks (``points=True``, the
+default); a single point stays on the full frame.
 
 :func:`zoom_window` is the one geometry rule, shared with the training crops of
 :class:`~powersam.data.zoom_crops.ZoomCrops`, so a model adapted on those crops sees the same framing here.
@@ -24,6 +26,10 @@ from ..masks import CompactMasks
 
 Window = tuple[int, int, int, int]  # x0, y0, x1, y1 in whole pixels, exclusive end
 OUTSIDE_LOGIT = -1.0e4  # mask logit returned outside a prompt's window (finite: sigmoid 0, no NaN in sums)
+# A point prompt is zoomed once it holds this many points (the first point and a refinement click). A single
+# point is ambiguous (a part or the whole): zooming on its first mask's extent locked onto parts and lost 2.3 points
+# of single-point mIoU on the demo's held-out images, while the clicks after it gained 3-4 (docs/zoom.md).
+MIN_POINTS_TO_ZOOM = 2
 
 __all__ = ["OUTSIDE_LOGIT", "ZoomPredictor", "check_context", "zoom_window"]
 
@@ -73,6 +79,9 @@ class ZoomPredictor:
         context: window side / box side (≥ 1). 4 suits box prompts on large photos (docs/zoom.md).
         full_frame_fraction: a window covering at least this share of the image's area uses the full frame.
         cache_size: encoded windows kept (refinement clicks decode the same windows again).
+        points: zoom point prompts with refinement clicks on their full-frame answer (module docstring); False:
+            points always use the full frame. A ``mask_input`` keeps point prompts on the full frame (the logits
+            are in the frame they were decoded in).
 
     ``set_image`` / ``predict_batch`` follow the wrapped predictor's contract, so :func:`powersam.eval.miou.
     evaluate_miou` takes it as a ready predictor. ``low_res`` logits come back in each prompt's own window frame;
@@ -80,7 +89,7 @@ class ZoomPredictor:
     """
 
     def __init__(self, predictor: Any, context: float = 4.0, full_frame_fraction: float = 0.5,
-                 cache_size: int = 64) -> None:
+                 cache_size: int = 64, points: bool = True) -> None:
         if not (hasattr(predictor, "set_image") and hasattr(predictor, "predict_batch")):
             raise TypeError(f"ZoomPredictor wraps a predictor with set_image / predict_batch; got {type(predictor)}")
         if not 0.0 < float(full_frame_fraction) <= 1.0:
@@ -92,6 +101,7 @@ class ZoomPredictor:
         self.context = check_context(context)
         self.full_frame_fraction = float(full_frame_fraction)
         self.cache_size = cache_size
+        self.points = bool(points)
         self._image: Optional[np.ndarray] = None
         self._states: "OrderedDict[Window, dict[str, Any]]" = OrderedDict()
         self.encoder_calls = 0  # encoder passes since set_image (for reports and tests)
@@ -159,8 +169,15 @@ class ZoomPredictor:
         n = counts.pop()
         boxes = None if boxes is None else np.asarray(boxes, dtype=np.float64).reshape(n, 4)
         groups: "OrderedDict[Window, list[int]]" = OrderedDict()
-        for i in range(n):
-            groups.setdefault(full if boxes is None else self.window_of(boxes[i]), []).append(i)
+        zoom_points = self.points and boxes is None and mask_input is None
+        if zoom_points and point_coords is not None and point_labels is not None:
+            windows = self._point_windows(np.asarray(point_coords, np.float64).reshape(n, -1, 2),
+                                          np.asarray(point_labels).reshape(n, -1), kwargs.get("multimask_output", False),
+                                          kwargs.get("chunk_size", 64))
+        else:
+            windows = [full if boxes is None else self.window_of(boxes[i]) for i in range(n)]
+        for i, window in enumerate(windows):
+            groups.setdefault(window, []).append(i)
         for window, rows in groups.items():
             shift = np.array(window[:2], dtype=np.float64)
             self._use_window(window)
@@ -169,6 +186,29 @@ class ZoomPredictor:
                 point_coords=None if point_coords is None else np.asarray(point_coords, np.float64)[rows] - shift,
                 point_labels=None if point_labels is None else np.asarray(point_labels)[rows],
                 mask_input=None if mask_input is None else np.asarray(mask_input)[rows], **kwargs)
+
+    def _point_windows(self, point_coords: np.ndarray, point_labels: np.ndarray, multimask_output: Any,
+                       chunk_size: int) -> list[Window]:
+        """The window of each point prompt: decoded once on the full frame, zoomed on the extent of its best-scored
+        mask together with its clicks (the full frame when that mask is empty or the window would cover most of it)."""
+        height, width = self.original_size
+        full = (0, 0, width, height)
+        self._use_window(full)
+        compact, scores, _ = self.predictor.predict_compact(point_coords=point_coords, point_labels=point_labels,
+                                                            multimask_output=multimask_output, chunk_size=chunk_size)
+        per_prompt = scores.shape[1]
+        windows = []
+        for i in range(len(point_coords)):
+            y0, x0, y1, x1 = compact.box(i * per_prompt + int(np.argmax(scores[i])))
+            if y1 <= y0 or int((point_labels[i] >= 0).sum()) < MIN_POINTS_TO_ZOOM:
+                windows.append(full)
+                continue
+            clicks = point_coords[i][point_labels[i] >= 0]
+            if len(clicks):
+                x0, y0 = min(x0, float(clicks[:, 0].min())), min(y0, float(clicks[:, 1].min()))
+                x1, y1 = max(x1, float(clicks[:, 0].max()) + 1), max(y1, float(clicks[:, 1].max()) + 1)
+            windows.append(self.window_of((x0, y0, x1, y1)))
+        return windows
 
     def predict_batch(self, boxes: Optional[np.ndarray] = None, point_coords: Optional[np.ndarray] = None,
                       point_labels: Optional[np.ndarray] = None, mask_input: Optional[np.ndarray] = None,

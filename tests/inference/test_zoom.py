@@ -111,13 +111,35 @@ def test_windows_are_cached_across_calls_and_shared_by_equal_boxes(image):
     assert zoom.encoder_calls == 1 and len(base.encoded) == 2
 
 
-def test_large_boxes_and_point_prompts_use_the_whole_image(image):
+def test_large_boxes_and_single_point_prompts_use_the_whole_image(image):
     base = BoxFiller()
     zoom = ZoomPredictor(base, context=4.0)
     zoom.set_image(image)
     assert zoom.window_of(np.array([100, 80, 200, 160])) == (0, 0, 320, 240)
     masks, _, _ = zoom.predict_batch(point_coords=np.array([[[300, 10]]], np.float32), point_labels=np.ones((1, 1)))
     assert base.encoded[-1].shape == image.shape and masks[0, 0, 10, 300]
+
+
+def test_point_prompts_with_a_click_zoom_on_their_full_frame_answer(image):
+    base = BoxFiller()  # a point prompt's mask: the pixel of its first point
+    zoom = ZoomPredictor(base, context=3.0)
+    zoom.set_image(image)
+    coords = np.array([[[100, 100], [110, 104]], [[300, 10], [300, 10]]], np.float32)
+    labels = np.array([[1, 0], [1, -1]])  # the second prompt's second point is padding: a single point
+    masks, _, _ = zoom.predict_batch(point_coords=coords, point_labels=labels)
+    # the full frame first (both prompts), then the first prompt's window around its answer and its click
+    assert [e.shape for e in base.encoded] == [image.shape, (33, 33, 3)]
+    window = zoom.window_of((100, 100, 111, 105))
+    np.testing.assert_array_equal(base.encoded[1], image[window[1]:window[3], window[0]:window[2]])
+    assert masks[0, 0].sum() == 1 and masks[0, 0, 100, 100]  # pasted back at the first point, in full-frame pixels
+    assert masks[1, 0].sum() == 1 and masks[1, 0, 10, 300]  # a single point stays on the full frame
+    compact, _, _ = zoom.predict_compact(point_coords=coords, point_labels=labels)
+    np.testing.assert_array_equal(compact.to_dense().reshape(masks.shape), masks)
+    for kwargs in ({"mask_input": np.zeros((2, 1, 4, 4), np.float32)}, {}):  # logits of the full frame; points off
+        plain = ZoomPredictor(BoxFiller(), context=3.0, points="mask_input" in kwargs)
+        plain.set_image(image)
+        plain.predict_batch(point_coords=coords, point_labels=labels, **kwargs)
+        assert plain.encoder_calls == 1 and plain.predictor.encoded[0].shape == image.shape
 
 
 def test_logits_outside_the_window_are_a_clear_no(image):
