@@ -213,11 +213,12 @@ def _evaluate(cfg: PipelineConfig, out: Path, data: Path, teacher: Path, final: 
     teacher_model = build_model(checkpoint=teacher)
     student = build_model(checkpoint=final)
     full_frame: dict[str, Any] = {}
-    if cfg.eval.zoom is not None:  # the whole-image box mIoU beside the zoomed one
+    if cfg.eval.zoom is not None:  # the whole-image mIoU beside the zoomed one, same prompts and clicks
         for name, model in (("teacher", teacher_model), ("student", student)):
-            result = evaluate_miou(model, val, **{**settings, "prompts": ("box",), "refine_iters": 0})
+            result = evaluate_miou(model, val, **settings)
             (eval_dir / f"{name}_miou_full_frame.json").write_text(json.dumps({"model": name, **result}, indent=2))
-            full_frame[name] = {"box": result["miou"]["box"], "per_size": _box_per_size(result)}
+            full_frame[name] = {"box": result["miou"]["box"], "per_size": _box_per_size(result),
+                                "miou": result["miou"]}
     teacher_miou = evaluate_miou(teacher_model, val, zoom=cfg.eval.zoom, **settings)
     student_miou = evaluate_miou(student, val, zoom=cfg.eval.zoom, **settings)
     for name, result in (("teacher_miou", teacher_miou), ("student_miou", student_miou)):
@@ -293,6 +294,13 @@ def _headline(metrics: dict[str, Any], report: Path) -> str:
         full = (metrics.get("box_miou_full_frame") or {}).get(who) or {}
         return f" (zoom-in x{metrics['eval_zoom']:g}; full frame {pct(full.get('box'))})"
 
+    def point2(who: str) -> str:
+        value = pct((metrics.get(f"{who}_miou") or {}).get("point+2"))
+        if metrics.get("eval_zoom") is None:
+            return value
+        full = ((metrics.get("box_miou_full_frame") or {}).get(who) or {}).get("miou") or {}
+        return f"{value} (full frame {pct(full.get('point+2'))})"
+
     teacher = "teacher trained from scratch (no SAM checkpoint given)" if metrics["teacher_from_scratch"] else "teacher"
     sizes = metrics.get("box_miou_per_size") or {}
     counts = metrics.get("size_counts") or {}
@@ -307,7 +315,7 @@ def _headline(metrics: dict[str, Any], report: Path) -> str:
             f"  reference, the GT box itself as the mask: box mIoU {pct(metrics.get('box_as_mask_miou'))}",
             f"  {teacher}: box mIoU {pct(metrics['teacher_box_miou'])}{zoomed('teacher')}",
             f"  student {metrics['student']}: box mIoU {pct(metrics['student_box_miou'])}{zoomed('student')}, "
-            f"point mIoU {pct(metrics['student_point_miou'])}",
+            f"point mIoU {pct(metrics['student_point_miou'])}, point+2 {point2('student')}",
             f"  box-prompt generator: AP50 {frac(metrics['bbpg_ap50'])}; integrated mask AP50 "
             f"{frac(metrics['integrated_mask_ap50'])}",
             *per_size,
@@ -343,6 +351,11 @@ def demo_config(out: Path = Path("runs/demo")) -> PipelineConfig:
     cfg.stage1 = EncoderDistillConfig(epochs=8, lr=1e-3, min_lr=1e-5, warmup_lr=1e-5, warmup_epochs=0,
                                       init_checkpoint=shipped_student, **shared)
     cfg.stage2 = DecoderDistillConfig(epochs=4, lr=1e-4, min_lr=1e-6, warmup_epochs=0, grad_clip=1.0, **shared)
+    # Prompted mIoU with zoom-in (docs/zoom.md): each box, and each click session from its first refinement click,
+    # decoded on a crop of 3 box sides around it at the full input; the whole-image numbers are reported beside it.
+    # With the 5514-step teacher on the demo's held-out images: teacher box 65.4 -> 71.0, student 62.9 -> 68.2,
+    # student point+2 58.8 -> 62.1 (3 and 4 within 0.2 of each other).
+    cfg.eval.zoom = 3.0
     cfg.stage3 = BBPGConfig(
         head_checkpoint=shipped_student,  # adapt the pretrained head: a gentler lr than the recipe's 0.01
         epochs=8,

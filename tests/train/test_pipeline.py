@@ -57,6 +57,7 @@ def test_zoom_trains_on_crops_and_reports_both_framings(tmp_path, tiny_pipeline_
     assert (tmp_path / "teacher" / "done.json").is_file()
     assert metrics["eval_zoom"] == 4.0
     assert set(metrics["box_miou_full_frame"]) == {"teacher", "student"}
+    assert set(metrics["box_miou_full_frame"]["student"]["miou"]) == {"box", "point"}  # refine_iters=0 here
     teacher = json.loads((tmp_path / "eval" / "teacher_miou.json").read_text())
     assert teacher["zoom"] == 4.0 and teacher["settings"]["zoom"] == 4.0
     assert (tmp_path / "eval" / "teacher_miou_full_frame.json").is_file()
