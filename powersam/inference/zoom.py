@@ -114,19 +114,31 @@ class ZoomPredictor:
     def original_size(self) -> Optional[tuple[int, int]]:
         return None if self._image is None else (int(self._image.shape[0]), int(self._image.shape[1]))
 
-    def set_image(self, image: Any, image_format: str = "RGB", full_frame_state: Optional[dict] = None) -> None:
+    def set_image(self, image: Any, image_format: str = "RGB", full_frame_state: Optional[dict] = None,
+                  window_states: Optional[dict[Window, dict]] = None) -> None:
         """Keep ``image`` (anything the wrapped predictor loads); windows are encoded when prompts need them.
         ``full_frame_state``: the wrapped predictor's ``image_state()`` for this very image, if it has encoded it
-        already (the whole-image window then costs no second encoder pass)."""
+        already (the whole-image window then costs no second encoder pass). ``window_states``: windows of this
+        image encoded earlier (:meth:`window_states` of a previous wrapper, e.g. kept by a server between clicks)."""
         self._image = self.predictor._load_rgb(image, image_format)
         self._states.clear()
         self.encoder_calls = 0
+        height, width = self._image.shape[:2]
         if full_frame_state is not None:
-            height, width = self._image.shape[:2]
             if tuple(full_frame_state.get("_original_size") or ()) != (height, width):
                 raise ValueError(f"full_frame_state is of a {full_frame_state.get('_original_size')} image, not "
                                  f"this {height}×{width} one")
             self._states[(0, 0, width, height)] = full_frame_state
+        for window, state in (window_states or {}).items():
+            x0, y0, x1, y1 = window
+            if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+                raise ValueError(f"window_states: window {window} does not lie in this {height}×{width} image")
+            self._states[tuple(window)] = state
+
+    def window_states(self, include_full_frame: bool = False) -> dict[Window, dict]:
+        """The encoded windows' predictor states, least recently used first (for :meth:`set_image` later)."""
+        height, width = self.original_size or (0, 0)
+        return {w: s for w, s in self._states.items() if include_full_frame or w != (0, 0, width, height)}
 
     def window_of(self, box: Any) -> Window:
         """The window a box prompt is decoded in (the full frame when the zoom would cover most of it)."""

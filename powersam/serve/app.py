@@ -52,6 +52,7 @@ __all__ = ["STATIC_DIR", "create_app"]
 logger = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 OPEN_PATHS = ("/", "/v1/health", "/favicon.ico")
+ZOOM_WINDOWS_KEPT = 8  # zoom windows' encodings kept per cached image (counted in the cache's byte bound)
 
 
 def _endpoint(request: Request) -> str:
@@ -117,8 +118,8 @@ class ModelService:
             check_prompts_in_image(prompts, image_size)
             with timer("encoder"):
                 predictor.set_image(rgb)
-            try:
-                image_id = self.cache.put(predictor.image_state(), image_size)
+            try:  # the upload is kept too (compressed, as sent): zoomed prompts crop the image again
+                image_id = self.cache.put(predictor.image_state(), image_size, image_bytes=data)
             except ValueError as err:
                 raise ApiError(507, "cache_too_small", str(err)) from None
             entry = self.cache.get(image_id)
@@ -133,7 +134,10 @@ class ModelService:
             predictor.restore_image_state(entry.state)
         body: dict[str, Any] = {"model": self.name, "image_id": image_id, "image_size": list(entry.image_size),
                                 "cached": data is None}
-        if not prompts.empty:
+        if not prompts.empty and prompts.zoom is not None:
+            result = self._decode_zoomed(predictor, prompts, image_id, entry, timer)
+            body.update(results_json(result))
+        elif not prompts.empty:
             result, low_res = self._decode(predictor, prompts, entry.low_res, timer)
             self.cache.set_low_res(image_id, low_res)
             body.update(results_json(result))
@@ -144,6 +148,24 @@ class ModelService:
         body["speed"] = {k: round(v, 3) for k, v in timer.ms.items()}
         self.metrics.observe_model("/v1/segment", time.perf_counter() - start)
         return body
+
+    def _decode_zoomed(self, predictor: Any, prompts: Prompts, image_id: str, entry: Any, timer: StageTimer) -> Any:
+        """Prompts decoded on crops around each box / click session (:class:`~powersam.inference.zoom.ZoomPredictor`);
+        the windows' encodings stay with the cached image for the next clicks. Window encoder passes are timed
+        under ``decoder``."""
+        from ..inference.zoom import ZoomPredictor
+
+        if entry.image_bytes is None:
+            raise ApiError(422, "invalid_prompt", "zoom needs the image, which this cache entry does not hold; send "
+                           "the image again", "zoom")
+        with timer("preprocess"):
+            rgb = decode_image(entry.image_bytes.tobytes(), self.config.max_image_side)
+        zoom = ZoomPredictor(predictor, context=prompts.zoom, cache_size=ZOOM_WINDOWS_KEPT)
+        zoom.set_image(rgb, full_frame_state=entry.state, window_states=entry.windows)
+        result, _ = self._decode(zoom, prompts, None, timer)
+        self.cache.set_windows(image_id, zoom.window_states())
+        self.cache.set_low_res(image_id, None)  # a zoomed call's logits are in its windows: nothing to refine
+        return result
 
     @staticmethod
     def _decode(predictor: Any, prompts: Prompts, previous: Optional[np.ndarray],

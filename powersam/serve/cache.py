@@ -39,10 +39,14 @@ class CacheEntry:
     image_size: tuple[int, int]
     low_res: Optional[np.ndarray] = None
     created: float = field(default_factory=time.monotonic)
+    # for zoomed prompts (docs/zoom.md): the upload as sent (compressed bytes, decoded again to crop) and the
+    # predictor states of the windows encoded so far, so later clicks on the same object reuse them
+    image_bytes: Optional[np.ndarray] = None
+    windows: dict[Any, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def nbytes(self) -> int:
-        return nbytes(self.state) + nbytes(self.low_res)
+        return nbytes(self.state) + nbytes(self.low_res) + nbytes(self.image_bytes) + nbytes(self.windows)
 
 
 class EmbeddingCache:
@@ -68,9 +72,11 @@ class EmbeddingCache:
     def bytes(self) -> int:
         return self._bytes
 
-    def put(self, state: dict[str, Any], image_size: tuple[int, int]) -> str:
-        """Store a new image's state → its id (random, 128 bits, URL-safe)."""
-        entry = CacheEntry(state=state, image_size=(int(image_size[0]), int(image_size[1])))
+    def put(self, state: dict[str, Any], image_size: tuple[int, int], image_bytes: Optional[bytes] = None) -> str:
+        """Store a new image's state (and, for zoomed prompts later, its upload) → its id (random, 128 bits,
+        URL-safe)."""
+        entry = CacheEntry(state=state, image_size=(int(image_size[0]), int(image_size[1])),
+                           image_bytes=None if image_bytes is None else np.frombuffer(image_bytes, np.uint8))
         size = entry.nbytes
         if size > self.max_bytes:
             raise ValueError(f"one image embedding takes {size} bytes, more than the whole cache "
@@ -95,12 +101,19 @@ class EmbeddingCache:
 
     def set_low_res(self, key: str, low_res: Optional[np.ndarray]) -> None:
         """Keep the last call's low-res logits with the entry (counted in the byte bound)."""
+        self._replace(key, "low_res", low_res)
+
+    def set_windows(self, key: str, windows: dict[Any, dict[str, Any]]) -> None:
+        """Keep the predictor states of the zoom windows encoded on this image (counted in the byte bound)."""
+        self._replace(key, "windows", dict(windows))
+
+    def _replace(self, key: str, name: str, value: Any) -> None:
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
                 return
-            self._bytes += nbytes(low_res) - nbytes(entry.low_res)
-            entry.low_res = low_res
+            self._bytes += nbytes(value) - nbytes(getattr(entry, name))
+            setattr(entry, name, value)
             self._evict(keep=key)
 
     def pop(self, key: str) -> bool:
@@ -122,7 +135,7 @@ class EmbeddingCache:
             oldest = next(iter(self._entries))
             if oldest == keep:
                 if len(self._entries) == 1:
-                    break  # keep alone still too big: only possible through set_low_res; the entry stays usable
+                    break  # keep alone still too big: only possible through set_low_res / set_windows; it stays usable
                 self._entries.move_to_end(keep)
                 continue
             self._bytes -= self._entries.pop(oldest).nbytes

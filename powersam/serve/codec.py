@@ -28,7 +28,7 @@ from .limits import ApiError
 __all__ = ["DetectParams", "Prompts", "decode_array", "encode_array", "parse_detect_params", "parse_prompts",
            "results_json"]
 
-PROMPT_FIELDS = ("image_id", "points", "labels", "boxes", "mask", "return_low_res")
+PROMPT_FIELDS = ("image_id", "points", "labels", "boxes", "mask", "return_low_res", "zoom")
 
 
 def _invalid(field: str, message: str, code: str = "invalid_parameter", status: int = 422) -> ApiError:
@@ -148,6 +148,7 @@ class Prompts:
     boxes: Optional[np.ndarray] = None  # N×4
     mask: Any = None  # None, "previous" or a float32 array
     return_low_res: bool = False
+    zoom: Optional[float] = None  # decode on a crop of this many box sides around each prompt (docs/zoom.md)
 
     @property
     def empty(self) -> bool:
@@ -196,6 +197,16 @@ def parse_prompts(text: Optional[bytes | str], max_prompts: int) -> Prompts:
     if not isinstance(flag, bool):
         raise _invalid("return_low_res", f"must be true or false; got {flag!r}", "invalid_prompt")
     prompts.return_low_res = flag
+    zoom = body.get("zoom")
+    if zoom is not None:
+        if isinstance(zoom, bool) or not isinstance(zoom, (int, float)) or not math.isfinite(zoom) or not 1 <= zoom <= 16:
+            raise _invalid("zoom", f"must be a number in [1, 16] (crop side / box side); got {zoom!r}", "invalid_prompt")
+        prompts.zoom = float(zoom)
+        # zoomed logits live in each prompt's own window: they cannot be fed back or returned as the image's
+        for name, given in (("mask", prompts.mask is not None), ("return_low_res", flag)):
+            if given:
+                raise _invalid(name, "cannot be combined with zoom (zoomed low-res logits are in each prompt's own "
+                               "crop, not the image's frame)", "invalid_prompt")
     return prompts
 
 

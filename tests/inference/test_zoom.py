@@ -204,3 +204,19 @@ def test_a_given_full_frame_state_saves_the_whole_image_pass(image):
     assert zoom.encoder_calls == 0 and len(base.encoded) == 1
     with pytest.raises(ValueError, match="full_frame_state"):
         zoom.set_image(image[:100], full_frame_state=base.image_state())
+
+
+def test_window_states_carry_encoded_windows_to_a_new_wrapper(image):
+    base = BoxFiller()
+    first = ZoomPredictor(base, context=3.0)
+    first.set_image(image)
+    boxes = np.array([[20, 30, 40, 50]], np.float32)
+    masks, _, _ = first.predict_batch(boxes=boxes)
+    kept = first.window_states()
+    assert list(kept) == [first.window_of(boxes[0])] and first.encoder_calls == 1
+    second = ZoomPredictor(base, context=3.0)
+    second.set_image(image, window_states=kept)
+    np.testing.assert_array_equal(second.predict_batch(boxes=boxes)[0], masks)
+    assert second.encoder_calls == 0 and len(base.encoded) == 1  # reused, not encoded again
+    with pytest.raises(ValueError, match="window_states"):
+        ZoomPredictor(base).set_image(image, window_states={(0, 0, 400, 50): {}})

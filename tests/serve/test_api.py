@@ -199,6 +199,32 @@ def test_segment_caches_the_embedding(any_model, image):
     assert previous["masks"] == explicit["masks"]
 
 
+def test_segment_zoomed_equals_the_models_zoomed_segment_and_keeps_its_windows(any_model, image):
+    client = make_client(any_model)
+    boxes = [[10, 10, 30, 30], [100, 50, 120, 75]]  # small: each gets a window of its own at zoom 3
+    first = client.post("/v1/segment", files={"image": ("f.png", encode(image), "image/png")},
+                        data={"prompts": json.dumps({"boxes": boxes, "zoom": 3})})
+    assert first.status_code == 200, first.text
+    want = any_model.segment(image, boxes=boxes, zoom=3)
+    np.testing.assert_array_equal(decode_masks(first.json()), want.masks)
+    np.testing.assert_allclose(first.json()["scores"], want.scores, atol=1e-4)
+    plain = any_model.segment(image, boxes=boxes)
+    assert not np.array_equal(plain.masks, want.masks)  # zoom really changed the answer
+    image_id = first.json()["image_id"]
+    cache = client.app.state.service.cache
+    windows = cache.get(image_id).windows
+    assert len(windows) == 2 and cache.bytes == cache.get(image_id).nbytes  # kept, and counted
+    again = client.post("/v1/segment", json={"image_id": image_id, "boxes": boxes, "zoom": 3}).json()
+    assert again["masks"] == first.json()["masks"] and cache.get(image_id).windows.keys() == windows.keys()
+    # a click session zooms from its refinement click on (single points stay on the whole image)
+    clicks = {"points": [[20, 20], [25, 22]], "labels": [1, 1]}
+    zoomed = client.post("/v1/segment", json={"image_id": image_id, **clicks, "zoom": 3}).json()
+    np.testing.assert_array_equal(decode_masks(zoomed), any_model.segment(image, **clicks, zoom=3).masks)
+    # the zoomed call left no whole-image logits to refine
+    assert_error(client.post("/v1/segment", json={"image_id": image_id, "boxes": boxes, "mask": "previous"}),
+                 422, "no_previous_mask", "mask")
+
+
 def test_segment_encode_only_and_forget(onnx_model, image):
     client = make_client(onnx_model)
     body = client.post("/v1/segment", content=encode(image), headers={"Content-Type": "image/png"}).json()
@@ -228,6 +254,11 @@ def test_segment_encode_only_and_forget(onnx_model, image):
     ('{"mask": {"shape": [1, 16, 16], "dtype": "float32", "data": "AAAA"}}', 422, "invalid_prompt", "mask.data"),
     ('{"mask": {"shape": [1, 16, 16], "dtype": "int8", "data": ""}}', 422, "invalid_prompt", "mask.dtype"),
     ('{"return_low_res": "yes", "points": [[1, 2]], "labels": [1]}', 422, "invalid_prompt", "return_low_res"),
+    ('{"boxes": [[10, 10, 30, 30]], "zoom": 0.5}', 422, "invalid_prompt", "zoom"),
+    ('{"boxes": [[10, 10, 30, 30]], "zoom": true}', 422, "invalid_prompt", "zoom"),
+    ('{"boxes": [[10, 10, 30, 30]], "zoom": "3"}', 422, "invalid_prompt", "zoom"),
+    ('{"boxes": [[10, 10, 30, 30]], "zoom": 3, "mask": "previous"}', 422, "invalid_prompt", "mask"),
+    ('{"boxes": [[10, 10, 30, 30]], "zoom": 3, "return_low_res": true}', 422, "invalid_prompt", "return_low_res"),
     ('{"points": ' + json.dumps([[1, 1]] * 65) + ', "labels": ' + json.dumps([1] * 65) + '}', 422,
      "invalid_prompt", "points"),
 ])
