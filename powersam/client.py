@@ -189,10 +189,12 @@ class Client:
         return self
 
     def segment(self, image: Optional[ImageSource] = None, boxes: Optional[Any] = None, points: Optional[Any] = None,
-                labels: Optional[Any] = None, mask: Optional[Union[str, np.ndarray]] = None) -> Results:
+                labels: Optional[Any] = None, mask: Optional[Union[str, np.ndarray]] = None,
+                zoom: Optional[float] = None) -> Results:
         """Like :meth:`powersam.model.Model.segment`: masks for ``boxes`` (N×4) and/or ``points`` (K×2, with
         ``labels`` K of 1/0) on ``image`` or the image of :meth:`set_image`. ``mask`` is ``"previous"`` (the
-        low-res logits of the last call on this image, kept by the server) or an N×1×s×s array."""
+        low-res logits of the last call on this image, kept by the server) or an N×1×s×s array. ``zoom``: decode
+        on a crop of that many box sides around each box / click session (docs/zoom.md; not with ``mask``)."""
         if (points is None) != (labels is None):
             raise ValueError("points and labels must be given together")
         prompts: dict[str, Any] = {}
@@ -209,6 +211,8 @@ class Client:
             prompts["mask"] = encode_array(np.asarray(mask, dtype=np.float32), "float32")
         if not prompts:
             raise ValueError("segment() needs prompts: boxes=, points= with labels=, or mask=")
+        if zoom is not None:
+            prompts["zoom"] = float(zoom)
         return self._segment(image, prompts)
 
     def _segment(self, image: Optional[ImageSource], prompts: dict[str, Any]) -> Results:

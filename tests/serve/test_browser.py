@@ -123,6 +123,16 @@ def test_page_detects_filters_and_segments(browser, live_server, scene, tmp_path
     np.testing.assert_array_equal(page_mask, want.masks[0])
     assert browser.execute_script("return arguments[0].toDataURL();", canvas) != before
 
+    # zoom in: a second click (a session of two points) is decoded on a crop, as the API's "zoom" does it
+    browser.find_element("id", "zoom").click()
+    ActionChains(browser).move_to_element_with_offset(canvas, int(width * 0.1) + 3, 12).click().perform()
+    wait_for(browser, "window.powersamPage.segmentCalls === 2 && document.body.dataset.state === 'ready'")
+    points = browser.execute_script("return window.powersamPage.points;")
+    zoomed = client.segment(scene, points=[p[:2] for p in points], labels=[p[2] for p in points], zoom=3)
+    assert "zoomed in" in browser.find_element("id", "status").text
+    assert int(canvas.get_attribute("data-interactive-pixels")) == int(zoomed.masks.sum())
+    browser.find_element("id", "zoom").click()  # off again for what follows
+
     # add it as an instance and download the COCO JSON: the drawn instances plus the new one
     browser.find_element("id", "apply").click()
     assert int(canvas.get_attribute("data-drawn")) == drawn + 1

@@ -207,7 +207,9 @@
       prompts.labels = S.points.map((p) => p[2]);
     }
     if (S.box) prompts.boxes = [S.box];
-    if (S.proposal) prompts.mask = "previous";
+    const zoom = $("zoom").checked;  // crops are encoded on the server: not "decoder only" then
+    if (zoom) prompts.zoom = 3;
+    else if (S.proposal) prompts.mask = "previous";  // zoomed logits cannot be fed back
     setState("busy", "segmenting…");
     try {
       let result;
@@ -225,7 +227,7 @@
                      box: result.boxes[0], speed: result.speed };
       $("apply").disabled = false;
       const ms = Object.values(result.speed).reduce((a, b) => a + b, 0);
-      setState("ready", `mask score ${result.scores[0].toFixed(2)} (${ms.toFixed(0)} ms, decoder only)`);
+      setState("ready", `mask score ${result.scores[0].toFixed(2)} (${ms.toFixed(0)} ms, ${zoom ? "zoomed in" : "decoder only"})`);
     } catch (err) {
       setState("error", err.message);
     }
