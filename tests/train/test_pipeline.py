@@ -19,6 +19,9 @@ def test_pipeline_writes_every_artifact(tiny_pipeline_run):
     assert saved["teacher_box_miou"] >= 25.0, saved["teacher_box_miou"]
     assert 30.0 <= saved["box_as_mask_miou"] <= 100.0
     assert set(saved["box_miou_per_size"]) == {"teacher", "student", "box_as_mask"}
+    # the demo evaluates zoomed in and reports the whole-image numbers of every prompt kind beside them
+    assert saved["eval_zoom"] == 3.0
+    assert "point+2" in saved["box_miou_full_frame"]["student"]["miou"]
     assert sum(saved["size_counts"].values()) == saved["num_val_instances"]
     assert (out / "report.md").read_text().count("|") > 20
     assert list((out / "overlays").glob("*.png"))
