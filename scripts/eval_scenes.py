@@ -41,15 +41,21 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=HELDOUT_SEED, help=f"scene stream (default {HELDOUT_SEED})")
     parser.add_argument("--img-sizes", default="256", help="network inputs, comma-separated (default 256)")
     parser.add_argument("--json", type=Path, default=None, help="append one JSON line per input size")
+    parser.add_argument("--prompts", default="box,point", help="prompt kinds (default box,point)")
+    parser.add_argument("--refine", type=int, default=2, help="refinement clicks (default 2)")
+    parser.add_argument("--zoom", type=float, default=None, help="decode zoomed in: crop of this many box sides")
     args = parser.parse_args()
     for size in (int(s) for s in args.img_sizes.split(",")):
         model, step = load(args.checkpoint, size, args.model)
-        result = evaluate_on_scenes(model, count=args.scenes, seed=args.seed)
-        print(f"\n{args.checkpoint}" + (f" (step {step})" if step is not None else "") + f" at img_size {size}, "
+        result = evaluate_on_scenes(model, count=args.scenes, seed=args.seed, prompts=args.prompts.split(","),
+                                    refine_iters=args.refine, zoom=args.zoom)
+        zoomed = "" if args.zoom is None else f", zoom-in x{args.zoom:g}"
+        print(f"\n{args.checkpoint}" + (f" (step {step})" if step is not None else "") + f" at img_size {size}{zoomed}, "
               f"{args.scenes} scenes of seed {args.seed}:")
         print(format_scene_table(result, "model"))
         if args.json is not None:
-            record = {"checkpoint": args.checkpoint, "step": step, "img_size": size, "scenes": args.scenes,
+            record = {"checkpoint": args.checkpoint, "step": step, "img_size": size, "zoom": args.zoom,
+                      "scenes": args.scenes,
                       "seed": args.seed, "miou": result["miou"], "per_size": result["per_size"],
                       "size_counts": result["size_counts"], "box_as_mask": result["box_as_mask"]}
             with open(args.json, "a", encoding="utf-8") as handle:
