@@ -201,25 +201,28 @@ class ZoomPredictor:
 
     def _point_windows(self, point_coords: np.ndarray, point_labels: np.ndarray, multimask_output: Any,
                        chunk_size: int) -> list[Window]:
-        """The window of each point prompt: decoded once on the full frame, zoomed on the extent of its best-scored
-        mask together with its clicks (the full frame when that mask is empty or the window would cover most of it)."""
+        """The window of each point prompt: one with a refinement click is decoded once on the full frame and zoomed
+        on the extent of its best-scored mask together with its clicks (the full frame when that mask is empty or
+        the window would cover most of it); a single point keeps the full frame without that first pass."""
         height, width = self.original_size
         full = (0, 0, width, height)
+        clicks = [coords[labels >= 0] for coords, labels in zip(point_coords, point_labels)]
+        probed = [i for i, c in enumerate(clicks) if len(c) >= MIN_POINTS_TO_ZOOM]
+        windows = [full] * len(point_coords)
+        if not probed:
+            return windows
         self._use_window(full)
-        compact, scores, _ = self.predictor.predict_compact(point_coords=point_coords, point_labels=point_labels,
+        compact, scores, _ = self.predictor.predict_compact(point_coords=point_coords[probed],
+                                                            point_labels=point_labels[probed],
                                                             multimask_output=multimask_output, chunk_size=chunk_size)
         per_prompt = scores.shape[1]
-        windows = []
-        for i in range(len(point_coords)):
-            y0, x0, y1, x1 = compact.box(i * per_prompt + int(np.argmax(scores[i])))
-            if y1 <= y0 or int((point_labels[i] >= 0).sum()) < MIN_POINTS_TO_ZOOM:
-                windows.append(full)
+        for k, i in enumerate(probed):
+            y0, x0, y1, x1 = compact.box(k * per_prompt + int(np.argmax(scores[k])))
+            if y1 <= y0:
                 continue
-            clicks = point_coords[i][point_labels[i] >= 0]
-            if len(clicks):
-                x0, y0 = min(x0, float(clicks[:, 0].min())), min(y0, float(clicks[:, 1].min()))
-                x1, y1 = max(x1, float(clicks[:, 0].max()) + 1), max(y1, float(clicks[:, 1].max()) + 1)
-            windows.append(self.window_of((x0, y0, x1, y1)))
+            x0, y0 = min(x0, float(clicks[i][:, 0].min())), min(y0, float(clicks[i][:, 1].min()))
+            x1, y1 = max(x1, float(clicks[i][:, 0].max()) + 1), max(y1, float(clicks[i][:, 1].max()) + 1)
+            windows[i] = self.window_of((x0, y0, x1, y1))
         return windows
 
     def predict_batch(self, boxes: Optional[np.ndarray] = None, point_coords: Optional[np.ndarray] = None,
