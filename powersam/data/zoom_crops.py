@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..inference.zoom import check_context, zoom_window
+from ..inference.zoom import check_context, covers_most_of, zoom_window
 
 __all__ = ["ZoomCrops", "ZoomedStream", "check_context_range", "crop_around"]
 
@@ -184,13 +184,9 @@ class ZoomedStream:
         if len(sample.labels) == 0 or rng.random() >= self.prob:
             return sample
         context = float(rng.uniform(*self.context))
-        height, width = sample.image.shape[:2]
-        limit = self.full_frame_fraction * height * width
-        zoomed = []
-        for k, box in enumerate(sample.boxes):
-            x0, y0, x1, y1 = zoom_window(box, (height, width), context)
-            if (x1 - x0) * (y1 - y0) < limit:
-                zoomed.append(k)
+        size = sample.image.shape[:2]
+        zoomed = [k for k, box in enumerate(sample.boxes)
+                  if not covers_most_of(zoom_window(box, size, context), size, self.full_frame_fraction)]
         if not zoomed:
             return sample
         instance = zoomed[int(rng.integers(len(zoomed)))]

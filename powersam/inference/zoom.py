@@ -31,7 +31,7 @@ OUTSIDE_LOGIT = -1.0e4  # mask logit returned outside a prompt's window (finite:
 # of single-point mIoU on the demo's held-out images, while the clicks after it gained 3-4 (docs/zoom.md).
 MIN_POINTS_TO_ZOOM = 2
 
-__all__ = ["OUTSIDE_LOGIT", "ZoomPredictor", "check_context", "zoom_window"]
+__all__ = ["OUTSIDE_LOGIT", "ZoomPredictor", "check_context", "covers_most_of", "zoom_window"]
 
 
 def check_context(context: Any, name: str = "context") -> float:
@@ -68,6 +68,14 @@ def zoom_window(box: Any, image_size: tuple[int, int], context: float, min_side:
     wx0, wx1 = span(x0, x1, width)
     wy0, wy1 = span(y0, y1, height)
     return wx0, wy0, wx1, wy1
+
+
+def covers_most_of(window: Window, image_size: tuple[int, int], full_frame_fraction: float = 0.5) -> bool:
+    """True when ``window`` covers at least ``full_frame_fraction`` of the (H, W) image's area: zoom-in then uses the
+    full frame instead (the rule :class:`ZoomPredictor` and the training crops of
+    :class:`~powersam.data.zoom_crops.ZoomedStream` share)."""
+    x0, y0, x1, y1 = window
+    return (x1 - x0) * (y1 - y0) >= full_frame_fraction * int(image_size[0]) * int(image_size[1])
 
 
 class ZoomPredictor:
@@ -144,8 +152,7 @@ class ZoomPredictor:
         """The window a box prompt is decoded in (the full frame when the zoom would cover most of it)."""
         height, width = self.original_size
         window = zoom_window(box, (height, width), self.context)
-        x0, y0, x1, y1 = window
-        if (x1 - x0) * (y1 - y0) >= self.full_frame_fraction * height * width:
+        if covers_most_of(window, (height, width), self.full_frame_fraction):
             return 0, 0, width, height
         return window
 
@@ -181,11 +188,11 @@ class ZoomPredictor:
         n = counts.pop()
         boxes = None if boxes is None else np.asarray(boxes, dtype=np.float64).reshape(n, 4)
         groups: "OrderedDict[Window, list[int]]" = OrderedDict()
-        zoom_points = self.points and boxes is None and mask_input is None
-        if zoom_points and point_coords is not None and point_labels is not None:
+        clicks_only = boxes is None and mask_input is None and point_coords is not None and point_labels is not None
+        if self.points and clicks_only:
             windows = self._point_windows(np.asarray(point_coords, np.float64).reshape(n, -1, 2),
-                                          np.asarray(point_labels).reshape(n, -1), kwargs.get("multimask_output", False),
-                                          kwargs.get("chunk_size", 64))
+                                          np.asarray(point_labels).reshape(n, -1),
+                                          kwargs.get("multimask_output", False), kwargs.get("chunk_size", 64))
         else:
             windows = [full if boxes is None else self.window_of(boxes[i]) for i in range(n)]
         for i, window in enumerate(windows):
