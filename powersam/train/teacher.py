@@ -266,6 +266,9 @@ class TeacherConfig(SamStageConfig):
     iou_weight: float = 1.0
     min_error_pixels: int = 10
     eval_images: int = 0  # after training: box mIoU on this many held-out (val) images; 0 = skip
+    # Generated substation scenes mixed into an adaptation, per training item (0.5: one scene for every two images
+    # or crops; 0: off), so the teacher does not forget what the photos lack (powersam.data.replay).
+    replay_scenes: float = 0.0
     output_dir: Path = Path("runs/teacher")
 
 
@@ -278,6 +281,18 @@ def eval_box_miou(model: nn.Module, cfg: SamStageConfig, count: int) -> Optional
                         seed=cfg.split_seed)
     result = evaluate_miou(model, val, prompts=("box",), refine_iters=0, max_images=count, progress=False)
     return result["miou"]["box"]
+
+
+def _with_replay(dataset: Any, cfg: TeacherConfig) -> Any:
+    """``dataset`` with ``cfg.replay_scenes`` generated scenes per item appended (powersam.data.replay)."""
+    share = cfg.replay_scenes
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 <= share <= 10.0:
+        raise ValueError(f"replay_scenes must be a number in [0, 10] (scenes per training item); got {share!r}")
+    if share == 0:
+        return dataset
+    from ..data.replay import SceneReplay
+
+    return SceneReplay(dataset, int(round(share * len(dataset))), zoom_context=cfg.zoom_context)
 
 
 def train_teacher(cfg: TeacherConfig, resume: bool = False) -> Path:
@@ -307,7 +322,8 @@ def train_teacher(cfg: TeacherConfig, resume: bool = False) -> Path:
     name = getattr(sam, "model_name", cfg.model)
 
     if finetune != "none":
-        dataset = SamTrainDataset(open_stage_dataset(cfg, load_masks=True), cfg.img_size, max_prompts=cfg.max_prompts)
+        dataset = SamTrainDataset(_with_replay(open_stage_dataset(cfg, load_masks=True), cfg), cfg.img_size,
+                                  max_prompts=cfg.max_prompts)
         if not getattr(dataset.dataset, "has_masks", True):
             raise ValueError(f"{cfg.data} has no instance masks; the teacher needs masks to train on")
         loader = build_sam_loader(dataset, cfg.batch_size, shuffle=True, num_workers=cfg.num_workers, seed=cfg.seed)
@@ -317,6 +333,8 @@ def train_teacher(cfg: TeacherConfig, resume: bool = False) -> Path:
                                      min_error_pixels=cfg.min_error_pixels)
         trainer = fit_stage(cfg, objective, loader, info, resume)
         notes.append(f"trained {trainer.global_step} iterations ({cfg.epochs} epochs of {len(loader)})")
+        if cfg.replay_scenes > 0:
+            notes.append(f"with {dataset.dataset.count} generated scenes replayed among {len(dataset)} items")
     sam.eval()
     path = Path(cfg.output_dir) / "teacher.pt"
     meta: dict[str, Any] = {"stage": "teacher", "from_scratch": cfg.checkpoint is None, "finetune": finetune,

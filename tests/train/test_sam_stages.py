@@ -147,6 +147,18 @@ def test_teacher_from_checkpoint_resizes_and_finetunes_the_decoder(data_root, tm
         train_teacher(TeacherConfig(data=data_root, finetune="encoder", output_dir=tmp_path / "bad"))
 
 
+def test_teacher_adaptation_replays_generated_scenes(data_root, teacher_ckpt, tmp_path):
+    cfg = TeacherConfig(data=data_root, split=None, img_size=IMG, model="sam_vit_t", checkpoint=teacher_ckpt,
+                        epochs=1, batch_size=2, max_prompts=3, replay_scenes=0.5, output_dir=tmp_path / "r", **QUIET)
+    summary = read_powersam_checkpoint(train_teacher(cfg))["meta"]["summary"]
+    # 4 images + 2 scenes in batches of 2: 3 iterations, and the note says what was replayed
+    assert "trained 3 iterations (1 epochs of 3)" in summary and "with 2 generated scenes replayed among 6 items" in summary
+    for bad in (-0.1, 11, True):
+        with pytest.raises(ValueError, match="replay_scenes"):
+            train_teacher(TeacherConfig(data=data_root, split=None, img_size=IMG, model="sam_vit_t",
+                                        checkpoint=teacher_ckpt, replay_scenes=bad, output_dir=tmp_path / "bad"))
+
+
 # ---------------------------------------------------------------------------------------------- stage 1
 
 
