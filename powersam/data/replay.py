@@ -12,6 +12,7 @@ resumed run and the per-image-id caches of stages 1-2 see the same items.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Optional
 
 from .synth_stream import SceneSpec, SceneStream
@@ -62,15 +63,10 @@ class SceneReplay:
     def image_ids(self) -> list[int]:
         return list(self._ids)
 
-    def is_replay(self, index: int) -> bool:
-        return index >= len(self.dataset)
-
     def __getitem__(self, index: int) -> Any:
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self.dataset)} images + {self.count} scenes")
         if index < len(self.dataset):
             return self.dataset[index]
-        from dataclasses import replace
-
         scene = self.scenes[self.first_index + index - len(self.dataset)]
         return replace(scene, image_id=self._ids[index])

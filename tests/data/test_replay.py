@@ -28,7 +28,6 @@ def test_scenes_follow_the_images_with_their_own_ids(coco):
     np.testing.assert_array_equal(scene.image, expected.image)
     np.testing.assert_array_equal(scene.masks, expected.masks)
     assert scene.image_id == view.image_ids[len(coco) + 2]
-    assert view.is_replay(len(coco)) and not view.is_replay(0)
     assert view.class_names == coco.class_names and view.has_masks
     assert len(SceneReplay(coco, 0, spec=SPEC)) == len(coco)
     with pytest.raises(IndexError):
