@@ -1,4 +1,5 @@
-"""``powersam data check`` (validate a COCO dataset) and ``powersam data synth`` (write the synthetic dataset)."""
+"""``powersam data check`` (validate a COCO dataset), ``powersam data synth`` (write the synthetic dataset) and
+``powersam data split`` (write a train/val division as per-split annotation files)."""
 from __future__ import annotations
 
 import argparse
@@ -58,6 +59,31 @@ def run_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_split_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``powersam data split``."""
+    parser.add_argument("path", type=Path, help="dataset folder with one annotation file, or a COCO JSON file")
+    parser.add_argument("--out", type=Path, required=True, help="output folder: annotations/{train,val}.json + images link")
+    parser.add_argument("--val-fraction", type=float, default=0.2, help="share of images in val (default 0.2, as training)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the division (default 0, as training's split_seed)")
+    parser.add_argument("--images-dir", type=Path, default=None, help="folder the file_name entries are relative to")
+    parser.add_argument("--overwrite", action="store_true", help="replace the split files in a non-empty OUT")
+
+
+def run_split(args: argparse.Namespace) -> int:
+    """Write the division (powersam.data.split); prints the counts; returns a process exit code."""
+    from ..data.split import write_split
+
+    try:
+        counts = write_split(args.path, args.out, val_fraction=args.val_fraction, seed=args.seed,
+                             images_dir=args.images_dir, overwrite=args.overwrite)
+    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for split, c in counts.items():
+        print(f"{args.out / 'annotations' / (split + '.json')}: {c['images']} images, {c['annotations']} annotations")
+    return 0
+
+
 def synth_main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m powersam.data.synth ARGS``: ``powersam data synth`` on its own."""
     parser = add_synth_arguments(argparse.ArgumentParser(description="Generate the synthetic substation dataset."))
@@ -65,8 +91,8 @@ def synth_main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def register(sub: Any) -> None:
-    """Add ``data check`` and ``data synth`` to the ``powersam`` sub-command parsers ``sub``."""
-    data = sub.add_parser("data", help="datasets: validate a COCO dataset, synthesise the embedded default"
+    """Add ``data check``, ``data synth`` and ``data split`` to the ``powersam`` sub-command parsers ``sub``."""
+    data = sub.add_parser("data", help="datasets: validate, divide into train/val, synthesise the embedded default"
                           ).add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
     p = data.add_parser("check", help="validate a COCO dataset and print a report")
     add_check_arguments(p)
@@ -75,3 +101,7 @@ def register(sub: Any) -> None:
     p = data.add_parser("synth", help="write the procedural substation dataset (COCO)")
     add_synth_arguments(p)
     p.set_defaults(func=run_synth)
+
+    p = data.add_parser("split", help="write a train/val division (the one training uses) as per-split files")
+    add_split_arguments(p)
+    p.set_defaults(func=run_split)
