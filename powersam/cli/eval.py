@@ -84,6 +84,7 @@ def add_det_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
 
 def _open_dataset(args: argparse.Namespace) -> Any:
     from powersam.data.coco import CocoInstances
+    from powersam.data.coco_annotations import resolve_annotation_file
 
     if args.model is None and args.checkpoint is None:  # checked first: cheaper than reading the dataset
         raise ValueError("give --model NAME, --checkpoint FILE, or both")
@@ -92,6 +93,8 @@ def _open_dataset(args: argparse.Namespace) -> Any:
     dataset = CocoInstances(args.data, images_dir=args.images_dir, split=split, load_masks=True)
     if split is None:
         print(f"evaluating all {len(dataset)} images of {args.data}", flush=True)
+    elif dataset.split is not None and resolve_annotation_file(args.data, split)[1]:  # a per-split file
+        print(f"evaluating the '{split}' file {dataset.annotation_file}: {len(dataset)} images", flush=True)
     else:  # say loudly that this is a subset
         total = len(CocoInstances(args.data, images_dir=args.images_dir, split=None, load_masks=False))
         print(f"evaluating the '{split}' split only: {len(dataset)} of the {total} images of {args.data} "

@@ -397,6 +397,16 @@ def test_cli_evaluates_every_image_by_default_and_says_so(synth_root, capsys):
     assert "the 'val' split only" in capsys.readouterr().out
 
 
+def test_cli_evaluates_the_val_file_of_a_split_folder(synth_root, tmp_path, capsys):
+    from powersam.data.split import write_split
+
+    write_split(synth_root, tmp_path / "split", val_fraction=0.4)  # per-split files, as `powersam data split` writes
+    assert run_miou(_parse(["--model", "edgesam", "--data", str(tmp_path / "split"), "--img-size", "64",
+                            "--prompts", "box", "--refine", "0", "--no-progress", "--split", "val"])) in (0, 1)
+    out = capsys.readouterr().out
+    assert "the 'val' file" in out and "val.json: 1 images" in out
+
+
 def test_cli_fails_when_nothing_was_evaluated(tmp_path, capsys):
     root = generate_dataset(tmp_path / "ds", 2, seed=0, image_size=(96, 128))
     for image in (root / "images").iterdir():
