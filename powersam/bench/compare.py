@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import copy
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -39,6 +38,7 @@ import torch
 
 from ..inference.timing import StageTimer
 from .pipelines import SPIN_NAMES, check_ort_spinning, ort_label, pinned_threads, synthetic_boxes, synthetic_image
+from .roofline import matmul_probe, probe_summary, roofline_ms
 from .runner import Pipeline, machine_info, run_interleaved, timing_record
 
 MODEL = "powersam_s"
@@ -116,23 +116,6 @@ def _reference_run(predictor: Any, boxes: np.ndarray) -> Callable[[np.ndarray, S
         return predictor.predict_boxes(boxes, timer=timer)[0]
 
     return run
-
-
-def matmul_probe(size: int, outputs: dict[str, float]) -> Callable[[dict], dict]:
-    """A frame of three float32 ``size``×``size`` matmuls; stores this frame's GFLOP/s in ``outputs["gflops"]``."""
-    generator = torch.Generator().manual_seed(0)
-    a, b = torch.randn(size, size, generator=generator), torch.randn(size, size, generator=generator)
-    out = torch.empty(size, size)
-
-    def frame(_state: dict) -> dict:
-        start = time.perf_counter()
-        for _ in range(3):
-            torch.mm(a, b, out=out)
-        seconds = time.perf_counter() - start
-        outputs.setdefault("gflops", []).append(3 * 2 * size**3 / seconds / 1e9)
-        return {"matmul": seconds * 1e3}
-
-    return frame
 
 
 def _onnx_paths(model: torch.nn.Module, settings: CompareSettings, work: Path) -> dict[str, list[Path]]:
@@ -214,8 +197,8 @@ def compare_reference(settings: CompareSettings, progress: Optional[Callable[[in
         pipelines.append(Pipeline.reporting("probe", "matmul", ("matmul",), matmul_probe(settings.probe_size, probe)))
         times = run_interleaved(pipelines, repeats=settings.repeats, warmup=settings.warmup, progress=progress)
         records = [timing_record(p, t) for p, t in zip(pipelines, times)]
-    gflops_all = probe["gflops"][-settings.repeats:]
-    gflops = float(np.median(gflops_all))
+    measured = probe_summary(probe["gflops"], settings.repeats, settings.probe_size)
+    gflops = measured["probe_gflops_median"]
     work = _work(settings)
     reference_ms = records[0]["latency_ms_median"]
     paths = []
@@ -228,7 +211,7 @@ def compare_reference(settings: CompareSettings, progress: Optional[Callable[[in
             "path": name, "latency_ms_median": ms, "latency_ms_p90": record["latency_ms_p90"],
             "parts_ms": {k: v["median"] for k, v in record["parts"].items()},
             "vs_reference": ms / reference_ms,
-            "vs_roofline": {k: ms / (2e3 * w["total_gmacs"] / gflops) for k, w in work.items()},
+            "vs_roofline": {k: ms / roofline_ms(w["total_gmacs"], gflops) for k, w in work.items()},
             "agreement": agree,
         })
     return {
@@ -241,10 +224,8 @@ def compare_reference(settings: CompareSettings, progress: Optional[Callable[[in
                      "order": "round-robin over every path and the probe, rotating start; warm-up rounds first",
                      "box_prompts": [[round(float(v), 2) for v in b] for b in boxes]},
         "paths": paths,
-        "roofline": {"probe_gflops_median": gflops, "probe_gflops_min": float(np.min(gflops_all)),
-                     "probe_gflops_max": float(np.max(gflops_all)),
-                     "work": work,
-                     "roofline_ms": {k: 2e3 * w["total_gmacs"] / gflops for k, w in work.items()}},
+        "roofline": {**measured, "work": work,
+                     "roofline_ms": {k: roofline_ms(w["total_gmacs"], gflops) for k, w in work.items()}},
     }
 
 

@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from .runner import Timer, machine_info, run_interleaved, timing_record
+from .roofline import frame_gmacs, matmul_probe, probe_summary, roofline_ms
+from .runner import Pipeline, Timer, machine_info, run_interleaved, timing_record
 
 DEFAULT_MODELS = "powersam_s,powersam_b,powersam_s_decoupled,powersam_b_decoupled"
 
@@ -41,6 +42,7 @@ def benchmark(
     complexity: bool = True,
     timer: Optional[Timer] = None,
     progress: Optional[Callable[[int, int], None]] = None,
+    probe_size: Optional[int] = 1024,
 ) -> dict[str, Any]:
     """Build every model × runtime, time them interleaved, and return the ``bench.json`` payload.
 
@@ -55,9 +57,13 @@ def benchmark(
         complexity: add params/GMACs from :func:`powersam.utils.model_info.model_info` (paper and full conventions).
         timer: clock override (tests).
         progress: ``progress(done, total)`` after each frame.
+        probe_size: on the CPU, time a dense ``probe_size``² matmul in the same rounds and give every record its
+            ``roofline_ms`` / ``vs_roofline`` (:mod:`powersam.bench.roofline`; needs ``complexity`` and a fixed
+            number of boxes); None skips it.
 
     Returns:
-        ``{"machine": {...}, "settings": {...}, "records": [one per model × runtime, model-major]}``.
+        ``{"machine": {...}, "settings": {...}, "records": [one per model × runtime, model-major]}``, plus
+        ``"roofline"`` (the probe's GFLOP/s) when the probe ran.
     """
     from ..models.zoo import expand_model_names
     from .pipelines import (RUNTIMES, SPIN_NAMES, RuntimeUnavailable, build_bench_model, build_pipeline,
@@ -88,14 +94,23 @@ def benchmark(
                         slots.append({"model": name, "runtime": ort_label(runtime, spinning), "available": False,
                                       "error": str(err)})
         pipelines = [s for s in slots if not isinstance(s, dict)]
-        times = run_interleaved(pipelines, repeats=repeats, warmup=warmup, progress=progress,
+        probe: dict[str, Any] = {}
+        timed = pipelines
+        if probe_size is not None and settings.device == "cpu" and pipelines:
+            timed = [*pipelines, Pipeline.reporting("probe", "matmul", ("matmul",), matmul_probe(probe_size, probe))]
+        times = run_interleaved(timed, repeats=repeats, warmup=warmup, progress=progress,
                                 **({"timer": timer} if timer is not None else {}))
     measured = {id(p): timing_record(p, t) for p, t in zip(pipelines, times)}
     info = {name: _complexity(name, settings.img_size, settings.det_size) for name in models} if complexity else {}
+    roofline = probe_summary(probe["gflops"], repeats, probe_size) if probe.get("gflops") else None
     records = []
     for slot in slots:
         record = slot if isinstance(slot, dict) else measured[id(slot)]
-        records.append({**record, **info.get(record["model"], {})})
+        record = {**record, **info.get(record["model"], {})}
+        if roofline is not None and record.get("available", True):
+            record.update(_against_roofline(record, settings.boxes, roofline["probe_gflops_median"]))
+        records.append(record)
+    extra = {"roofline": roofline} if roofline is not None else {}
     return {
         "machine": machine_info(settings.threads, settings.device),
         "settings": {
@@ -107,7 +122,18 @@ def benchmark(
             "complexity": "params/GMACs: paper (thop) convention; *_full: every parameter and matmul",
         },
         "records": records,
+        **extra,
     }
+
+
+def _against_roofline(record: dict[str, Any], boxes: Any, gflops: float) -> dict[str, Any]:
+    """``frame_gmacs_full``, ``roofline_ms`` and ``vs_roofline`` of one timed record (None where not countable)."""
+    components = record.get("components")
+    gmacs = frame_gmacs(components, boxes) if components and isinstance(boxes, int) else None
+    if gmacs is None:
+        return {"frame_gmacs_full": None, "roofline_ms": None, "vs_roofline": None}
+    limit = roofline_ms(gmacs, gflops)
+    return {"frame_gmacs_full": gmacs, "roofline_ms": limit, "vs_roofline": record["latency_ms_median"] / limit}
 
 
 def write_bench_outputs(bench: dict[str, Any], out_dir: str | Path,

@@ -73,7 +73,12 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         help="output folder for bench.json, bench.md and the figure; ONNX runtimes export their "
                              "graphs to OUT/graphs (default ./bench)")
     parser.add_argument("--json", type=Path, default=None, metavar="OUT", help="also write bench.json here")
-    parser.add_argument("--no-complexity", action="store_true", help="skip the params/GMACs count")
+    parser.add_argument("--no-complexity", action="store_true", help="skip the params/GMACs count (and the roofline)")
+    parser.add_argument("--no-probe", action="store_true",
+                        help="CPU: skip the dense-matmul probe timed in the same rounds (each frame's multiple of "
+                             "its roofline)")
+    parser.add_argument("--probe-size", type=int, default=1024,
+                        help="n of the n x n matmul probe (default 1024; also with --compare-reference)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic image (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     compare = parser.add_argument_group(
@@ -89,7 +94,6 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                          help="a photo, resized to --frame (default: the synthetic image)")
     compare.add_argument("--num-calib", type=int, default=None,
                          help="synthetic calibration scenes of the INT8 encoder (default 8; --quick: 2)")
-    compare.add_argument("--probe-size", type=int, default=1024, help="n of the n x n matmul probe (default 1024)")
     return parser
 
 
@@ -107,6 +111,8 @@ def _defaults(args: argparse.Namespace) -> None:
 def _settings(args: argparse.Namespace) -> Any:
     from ..bench.pipelines import BenchSettings
 
+    if args.probe_size < 16:
+        raise ValueError(f"--probe-size must be >= 16, got {args.probe_size}")
     if args.repeats < 1 or args.warmup < 0:
         raise ValueError(f"need --repeats >= 1 and --warmup >= 0, got {args.repeats} and {args.warmup}")
     if args.device.startswith("cuda"):
@@ -187,7 +193,8 @@ def run_bench(args: argparse.Namespace) -> int:
 
         bench = benchmark(split_names(args.models), split_names(args.runtime), settings, repeats=args.repeats,
                           warmup=args.warmup, complexity=not args.no_complexity,
-                          progress=progress if bar is not None else None)
+                          progress=progress if bar is not None else None,
+                          probe_size=None if args.no_probe else args.probe_size)
         if bar is not None:
             bar.close()
         written = write_bench_outputs(bench, args.out, miou or None)
@@ -219,8 +226,9 @@ def console_lines(records: list[dict]) -> list[str]:
     for r in records:
         head = f"{r['model']:{model_width}s} {r['runtime']:{runtime_width}s}"
         if r.get("available", True):
+            roof = f"  {r['vs_roofline']:5.2f}x roofline" if r.get("vs_roofline") is not None else ""
             lines.append(f"{head} median {r['latency_ms_median']:9.2f} ms  p90 {r['latency_ms_p90']:9.2f} ms  "
-                         f"{r['fps']:7.2f} FPS")
+                         f"{r['fps']:7.2f} FPS{roof}")
         else:
             lines.append(f"{head} {r['error']}")
     return lines

@@ -135,6 +135,20 @@ def parts_markdown(records: Sequence[dict]) -> str:
     return markdown_table(("model", "runtime", *names), body)
 
 
+def roofline_markdown(records: list[dict[str, Any]], roofline: dict[str, Any]) -> list[str]:
+    """The hardware-limit section of ``bench.md``: every timed frame against its dense-matmul roofline."""
+    rows = [(r["model"], r["runtime"], _fmt(r.get("frame_gmacs_full")), _fmt(r.get("roofline_ms"), 1),
+             _fmt(r.get("latency_ms_median"), 1),
+             f"{r['vs_roofline']:.2f}×" if r.get("vs_roofline") is not None else "–")
+            for r in _available(records)]
+    return ["### Against the hardware limit", "",
+            f"Dense float32 `torch.mm` of {roofline['probe_size']}² timed in the same rounds: "
+            f"{roofline['probe_gflops_median']:.0f} GFLOP/s median ({roofline['probe_gflops_min']:.0f}–"
+            f"{roofline['probe_gflops_max']:.0f}). Roofline = 2 × the frame's true MACs (encoder, box-prompt generator "
+            "or detector, and every decoded box) / that rate.", "",
+            markdown_table(("model", "runtime", "frame GMACs (true)", "roofline ms", "latency ms", "/ roofline"), rows)]
+
+
 def bench_markdown(bench: dict[str, Any], miou: Optional[dict[str, dict]] = None,
                    paper_label: str = NOT_COMPARABLE) -> str:
     """The body of ``bench.md``: settings, Table-2 rows, per-stage times, Table-1 rows with FPS (and mIoU)."""
@@ -152,6 +166,8 @@ def bench_markdown(bench: dict[str, Any], miou: Optional[dict[str, dict]] = None
         "", "### Complexity and latency (paper Table 2 layout)", "", table2_markdown(records, paper_label), "",
         LATENCY_NOTE, "", "### Per-stage latency, median (p90) ms", "", parts_markdown(records),
     ]
+    if bench.get("roofline"):
+        out += ["", *roofline_markdown(records, bench["roofline"])]
     unavailable = [r for r in records if not r.get("available", True)]
     if unavailable:
         out += ["", "Not measured:", *(f"- {r['model']} / {r['runtime']}: {r.get('error')}" for r in unavailable)]

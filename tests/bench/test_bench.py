@@ -325,6 +325,7 @@ def test_cli_writes_outputs_with_miou(tmp_path, capsys):
     (["--checkpoint", "powersam_s"], "NAME=PATH"),
     (["--device", "tpu"], "--device"),
     (["--repeats", "0"], "--repeats"),
+    (["--probe-size", "4"], "--probe-size"),
 ])
 def test_cli_reported_failures_exit_1(tmp_path, capsys, argv, message):
     # Later options win, so argv can override the quick defaults.
@@ -378,3 +379,36 @@ def test_miou_json_of_several_models(tmp_path):
     assert load_miou_results([f"powersam_s={combined}"])["powersam_s"]["miou"] == {"box": 2.0}
     with pytest.raises(ValueError, match="no result for 'sam_vit_h'; it has: edgesam, powersam_s"):
         load_miou_results([f"sam_vit_h={combined}"])
+
+
+def test_every_frame_is_set_against_a_matmul_probe_of_the_same_rounds(tmp_path):
+    from powersam.bench.roofline import frame_gmacs
+
+    bench = benchmark(["powersam_s", "powersam_s_decoupled"], ["torch"], _tiny_settings(tmp_path), repeats=2,
+                      warmup=0, probe_size=64)
+    roof = bench["roofline"]
+    assert roof["probe_size"] == 64 and 0 < roof["probe_gflops_min"] <= roof["probe_gflops_median"]
+    assert [r["model"] for r in bench["records"]] == ["powersam_s", "powersam_s_decoupled"]  # the probe is no row
+    for record in bench["records"]:
+        parts = record["components"]
+        per_frame = sum(v["gmacs_full"] for k, v in parts.items() if k not in ("prompt_encoder", "mask_decoder"))
+        per_box = parts["prompt_encoder"]["gmacs_full"] + parts["mask_decoder"]["gmacs_full"]
+        assert record["frame_gmacs_full"] == pytest.approx(per_frame + 2 * per_box)  # 2 boxes a frame
+        assert record["frame_gmacs_full"] == pytest.approx(frame_gmacs(parts, 2))
+        assert record["roofline_ms"] == pytest.approx(2e3 * record["frame_gmacs_full"] / roof["probe_gflops_median"])
+        assert record["vs_roofline"] == pytest.approx(record["latency_ms_median"] / record["roofline_ms"])
+    markdown = write_bench_outputs(bench, tmp_path / "out")["md"].read_text()
+    assert "### Against the hardware limit" in markdown and "GFLOP/s median" in markdown
+    assert f"| powersam_s | torch | {bench['records'][0]['frame_gmacs_full']:.2f} |" in markdown
+
+
+def test_no_roofline_without_a_count_or_with_detected_boxes(tmp_path):
+    uncounted = benchmark(["powersam_s"], ["torch"], _tiny_settings(tmp_path), repeats=1, warmup=0,
+                          complexity=False, probe_size=64)
+    assert uncounted["records"][0]["vs_roofline"] is None  # no MACs, no limit: never a made-up multiple
+    detected = benchmark(["powersam_s"], ["torch"], _tiny_settings(tmp_path, boxes="detected"), repeats=1,
+                         warmup=0, probe_size=64)
+    assert detected["records"][0]["roofline_ms"] is None  # the box count varies per frame
+    skipped = benchmark(["powersam_s"], ["torch"], _tiny_settings(tmp_path), repeats=1, warmup=0, probe_size=None)
+    assert "roofline" not in skipped and "vs_roofline" not in skipped["records"][0]
+    assert "hardware limit" not in write_bench_outputs(skipped, tmp_path / "out")["md"].read_text()
