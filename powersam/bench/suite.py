@@ -108,7 +108,7 @@ def benchmark(
         record = slot if isinstance(slot, dict) else measured[id(slot)]
         record = {**record, **info.get(record["model"], {})}
         if roofline is not None and record.get("available", True):
-            record.update(_against_roofline(record, settings.boxes, roofline["probe_gflops_median"]))
+            record.update(_against_roofline(record, settings.boxes, roofline["probe_gflops_roofline"]))
         records.append(record)
     extra = {"roofline": roofline} if roofline is not None else {}
     return {
