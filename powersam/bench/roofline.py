@@ -2,9 +2,9 @@
 
 A frame's roofline is ``2 × MACs / probe FLOP/s``: the time it would take if every multiply-add ran at the best rate
 this machine reaches on a large dense ``torch.mm`` during the run (timed in the same round-robin as the pipelines, so
-the machine's drift hits both alike; :func:`probe_summary` says why the best frame and not the median). MACs are the true ones (``*_full`` of :func:`powersam.utils.model_info.model_info`:
-every matmul, attention included): the image encoder, the box-prompt generator or separate detector, and
-``boxes`` × (prompt encoder + mask decoder for one box). A multiple near 1 means the code leaves little on the
+the machine's drift hits both alike; :func:`probe_summary` says why the best frame and not the median). MACs are the
+true ones (``*_full`` of :func:`powersam.utils.model_info.model_info`: every matmul, attention included): the image
+encoder, the box-prompt generator or separate detector, and ``boxes`` × (prompt encoder + mask decoder for one box). A multiple near 1 means the code leaves little on the
 table on this CPU; what is left above that is memory traffic, small kernels and Python.
 """
 from __future__ import annotations

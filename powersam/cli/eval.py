@@ -93,7 +93,7 @@ def _open_dataset(args: argparse.Namespace) -> Any:
     dataset = CocoInstances(args.data, images_dir=args.images_dir, split=split, load_masks=True)
     if split is None:
         print(f"evaluating all {len(dataset)} images of {args.data}", flush=True)
-    elif dataset.split is not None and resolve_annotation_file(args.data, split)[1]:  # a per-split file
+    elif resolve_annotation_file(args.data, split)[1]:  # a folder with per-split files: nothing was divided
         print(f"evaluating the '{split}' file {dataset.annotation_file}: {len(dataset)} images", flush=True)
     else:  # say loudly that this is a subset
         total = len(CocoInstances(args.data, images_dir=args.images_dir, split=None, load_masks=False))

@@ -74,11 +74,11 @@ def write_split(
         raise NotADirectoryError(f"--out '{out}' exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"'{out}' is not empty; pass overwrite=True (--overwrite) to replace its split files")
-    (out / "annotations").mkdir(parents=True, exist_ok=True)
     link = out / "images"
-    if link.is_symlink() or link.exists():
-        if not link.is_symlink():
-            raise FileExistsError(f"'{link}' is a real folder; refusing to replace it with a link")
+    if link.exists() and not link.is_symlink():  # e.g. OUT is the source dataset itself
+        raise FileExistsError(f"'{link}' is a real folder; refusing to replace it with a link")
+    (out / "annotations").mkdir(parents=True, exist_ok=True)
+    if link.is_symlink():
         link.unlink()
     os.symlink(source_images, link, target_is_directory=True)
 
@@ -89,9 +89,9 @@ def write_split(
         part = {key: value for key, value in data.items() if key not in ("images", "annotations")}
         part["images"] = [records[i] for i in sorted(ids)]
         part["annotations"] = [a for a in annotations if a.get("image_id") in ids]
-        part["info"] = dict(data.get("info") or {}) if isinstance(data.get("info", {}), dict) else {}
-        part["info"]["powersam_split"] = {"source": str(json_path.resolve()), "split": split,
-                                          "val_fraction": val_fraction, "seed": seed}
+        info = data.get("info") if isinstance(data.get("info"), dict) else {}
+        part["info"] = {**info, "powersam_split": {"source": str(json_path.resolve()), "split": split,
+                                                   "val_fraction": val_fraction, "seed": seed}}
         (out / "annotations" / f"{split}.json").write_text(json.dumps(part), encoding="utf-8")
         counts[split] = {"images": len(part["images"]), "annotations": len(part["annotations"])}
     return counts
