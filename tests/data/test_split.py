@@ -72,6 +72,9 @@ def test_refuses_to_write_into_a_non_empty_folder_unless_told(tmp_path):
     write_split(src, tmp_path / "out", seed=5, overwrite=True)  # the images link is replaced, not nested
     assert (tmp_path / "out" / "notes.txt").read_text() == "keep me"
     assert json.loads((tmp_path / "out" / "annotations" / "val.json").read_text())["info"]["powersam_split"]["seed"] == 5
+    with pytest.raises(FileExistsError, match="real folder"):  # OUT = the dataset itself: its images stay
+        write_split(src, src, overwrite=True)
+    assert (src / "images").is_dir() and not (src / "images").is_symlink() and not (src / "annotations").exists()
 
 
 def test_cli_writes_and_reports_errors(tmp_path, capsys):
