@@ -116,6 +116,9 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     """Arguments of ``powersam pipeline``: ``--config``, ``--set``, ``--resume``."""
     add_config_arguments(parser)
     parser.add_argument("--resume", action="store_true", help="skip finished stages, resume the interrupted one")
+    parser.add_argument("--until", choices=("teacher", "stage1", "stage2", "stage3"), default=None,
+                        help="stop after this stage, without evaluation (e.g. to compare teacher settings on a "
+                             "selection split; --resume continues later)")
     return parser
 
 
@@ -124,7 +127,7 @@ def run_pipeline_command(args: argparse.Namespace) -> int:
     from ..train.pipeline import PipelineConfig, run_pipeline
 
     cfg = config_from_args(args, PipelineConfig)
-    run_pipeline(cfg, resume=args.resume)
+    run_pipeline(cfg, resume=args.resume, until=args.until)
     return 0
 
 

@@ -111,8 +111,19 @@ def _run_stage(name: str, out: Path, run: Callable[[bool], Path], resume: bool, 
     return path
 
 
-def run_pipeline(cfg: PipelineConfig, resume: bool = False) -> dict[str, Any]:
-    """Run every stage, evaluate and write the report; returns the headline metrics (also in ``metrics.json``)."""
+STAGES = ("teacher", "stage1", "stage2", "stage3")
+
+
+def run_pipeline(cfg: PipelineConfig, resume: bool = False, until: Optional[str] = None) -> dict[str, Any]:
+    """Run every stage, evaluate and write the report; returns the headline metrics (also in ``metrics.json``).
+
+    ``until``: stop after this stage (one of :data:`STAGES`) without evaluating; returns and writes
+    ``stopped.json`` = ``{"stopped_after", "checkpoint", "stage_seconds"}``. E.g. ``until="teacher"`` compares
+    teacher settings on a selection split (docs/teacher.md) without paying for stages 1-3; ``--resume`` later
+    continues from there.
+    """
+    if until is not None and until not in STAGES:
+        raise ValueError(f"until must be one of {', '.join(STAGES)}; got {until!r}")
     from ..checkpoint import read_powersam_checkpoint
     from .config import dump_config
     from .bbpg import train_bbpg
@@ -137,16 +148,32 @@ def run_pipeline(cfg: PipelineConfig, resume: bool = False) -> dict[str, Any]:
     cfg.stage1.student = cfg.student
     (out / "config.yaml").write_text(dump_config(cfg))
 
+    def stop_after(name: str, checkpoint: Path) -> Optional[dict[str, Any]]:
+        if until != name:
+            return None
+        stopped = {"stopped_after": name, "checkpoint": str(checkpoint), "stage_seconds": timings}
+        (out / "stopped.json").write_text(json.dumps(stopped, indent=2))
+        print(f"   stopped after {name} (until={name}); no evaluation. Continue with --resume", flush=True)
+        return stopped
+
     teacher = _run_stage("teacher", out / "teacher", lambda r: train_teacher(cfg.teacher, resume=r), resume, timings)
+    if (stopped := stop_after("teacher", teacher)) is not None:
+        return stopped
     cfg.stage1.teacher_checkpoint = teacher
     stage1 = _run_stage("stage1", out / "stage1", lambda r: distill_encoder(cfg.stage1, resume=r), resume, timings)
+    if (stopped := stop_after("stage1", stage1)) is not None:
+        return stopped
     cfg.stage2.teacher_checkpoint = teacher
     cfg.stage2.student_checkpoint = stage1
     cfg.stage2.cache_dir = cfg.stage1.cache_dir
     stage2 = _run_stage("stage2", out / "stage2", lambda r: distill_decoder(cfg.stage2, resume=r), resume, timings)
+    if (stopped := stop_after("stage2", stage2)) is not None:
+        return stopped
     cfg.stage3.backbone_checkpoint = stage2
     cfg.stage3.model = cfg.student
     stage3 = _run_stage("stage3", out / "stage3", lambda r: train_bbpg(cfg.stage3, resume=r), resume, timings)
+    if (stopped := stop_after("stage3", stage3)) is not None:
+        return stopped
 
     final = out / f"{cfg.student}.pt"
     shutil.copyfile(stage3, final)

@@ -65,3 +65,28 @@ def test_zoom_trains_on_crops_and_reports_both_framings(tmp_path, tiny_pipeline_
     assert teacher["zoom"] == 4.0 and teacher["settings"]["zoom"] == 4.0
     assert (tmp_path / "eval" / "teacher_miou_full_frame.json").is_file()
     assert "zoom-in ×4" in (tmp_path / "report.md").read_text()
+
+
+def test_until_stops_after_the_stage_without_evaluating_and_resume_continues(tmp_path, tiny_pipeline_overrides):
+    import pytest
+
+    from powersam.cli import build_parser
+    from powersam.train.config import apply_overrides
+    from powersam.train.pipeline import STAGES, demo_config
+
+    cfg = apply_overrides(demo_config(tmp_path), [*tiny_pipeline_overrides, "synth.num_images=6", "eval.overlays=0"])
+    with pytest.raises(ValueError, match="until must be one of teacher, stage1"):
+        run_pipeline(cfg, until="stage4")
+    assert not (tmp_path / "data").exists()  # refused before any work
+    stopped = run_pipeline(cfg, until="teacher")
+    assert stopped["stopped_after"] == "teacher" and set(stopped["stage_seconds"]) == {"data", "teacher"}
+    assert build_model(checkpoint=stopped["checkpoint"]) is not None
+    assert json.loads((tmp_path / "stopped.json").read_text())["checkpoint"] == stopped["checkpoint"]
+    assert not (tmp_path / "stage1").exists() and not (tmp_path / "metrics.json").exists()
+    stopped = run_pipeline(cfg, resume=True, until="stage1")  # the teacher is reused, not retrained
+    assert stopped["stopped_after"] == "stage1" and (tmp_path / "stage1" / "done.json").is_file()
+    assert not (tmp_path / "stage2").exists()
+    for stage in STAGES:  # the command line offers exactly the pipeline's stages
+        assert build_parser().parse_args(["pipeline", "--until", stage]).until == stage
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["pipeline", "--until", "evaluation"])
