@@ -175,6 +175,7 @@ def run_pipeline(cfg: PipelineConfig, resume: bool = False, until: Optional[str]
     if (stopped := stop_after("stage3", stage3)) is not None:
         return stopped
 
+    (out / "stopped.json").unlink(missing_ok=True)  # an earlier --until run's marker no longer describes this folder
     final = out / f"{cfg.student}.pt"
     shutil.copyfile(stage3, final)
     teacher_meta = read_powersam_checkpoint(teacher).get("meta") or {}
