@@ -14,12 +14,14 @@ onnx                :class:`powersam.runtime.OnnxSamPredictor` on the exported F
 onnx-int8           the same with the INT8 (QDQ, static) encoder; the decoder graph as :func:`quantize_onnx` makes it
 onnx[spin=on|off]   with ``ort_spinning`` (``--ort-spinning on,off``): the ONNX rows again, their sessions with ORT's
                     worker threads spinning / sleeping after a run (the plain ``onnx`` row: ORT's default)
-matmul probe        a dense float32 ``torch.mm`` (n×n by n×n) in the same rounds → GFLOP/s of this machine now
+matmul probe        a dense float32 ``torch.mm`` (n×n by n×n) right before every frame → GFLOP/s of this machine then
 ==================  ===============================================================================================
 
 The roofline of the work is ``2 × MACs / probe FLOP/s`` with MACs = encoder + K × (prompt encoder + mask decoder for
 one box), counted by :func:`powersam.utils.model_info.model_info` in both conventions (``full``: every matmul, the
-true transposed-convolution cost; ``paper``: thop's, as the issue's 26.2 GMACs).
+true transposed-convolution cost; ``paper``: thop's, as the issue's 26.2 GMACs). ``vs_roofline``: the median of
+each frame against the probe reading just before it; ``vs_roofline_best``: the median frame against the run's best
+reading (:mod:`powersam.bench.roofline`).
 
 Besides the timings the payload records how every path's masks agree with the reference's (shape, IoU per mask,
 fraction of differing pixels) and whether that is within the tolerances the project's equivalence tests use
@@ -38,8 +40,8 @@ import torch
 
 from ..inference.timing import StageTimer
 from .pipelines import SPIN_NAMES, check_ort_spinning, ort_label, pinned_threads, synthetic_boxes, synthetic_image
-from .roofline import matmul_probe, probe_summary, roofline_ms
-from .runner import Pipeline, machine_info, run_interleaved, timing_record
+from .roofline import MatmulProbe, paired_multiple, probe_summary, roofline_ms
+from .runner import DEFAULT_SETTLE_S, Pipeline, machine_info, run_interleaved, timing_record
 
 MODEL = "powersam_s"
 STAGES = ("preprocess", "encoder", "decoder", "postprocess")
@@ -53,7 +55,8 @@ class CompareSettings:
     synthetic image); ``num_calib``: synthetic calibration scenes of the INT8 encoder; ``probe_size``: n of the
     n×n matmul probe; ``work_dir``: where the graphs are exported (a temporary folder when None); ``ort_spinning``:
     the ONNX Runtime spinning settings each ONNX path is timed with, one row each (see
-    :class:`~powersam.bench.pipelines.BenchSettings`; default ORT's own only)."""
+    :class:`~powersam.bench.pipelines.BenchSettings`; default ORT's own only); ``settle``: untimed seconds slept
+    before every frame (:func:`~powersam.bench.runner.run_interleaved`)."""
 
     img_size: int = 1024
     frame: tuple[int, int] = (1080, 1920)
@@ -68,11 +71,14 @@ class CompareSettings:
     work_dir: Optional[Path] = None
     seed: int = 0
     ort_spinning: tuple[Optional[bool], ...] = (None,)
+    settle: float = DEFAULT_SETTLE_S
 
     def __post_init__(self) -> None:
         check_ort_spinning(self.ort_spinning)
-        if self.boxes < 1 or self.repeats < 1 or self.warmup < 0 or self.num_calib < 1 or self.probe_size < 16:
-            raise ValueError("need boxes >= 1, repeats >= 1, warmup >= 0, num_calib >= 1 and probe_size >= 16")
+        if self.boxes < 1 or self.repeats < 1 or self.warmup < 0 or self.num_calib < 1 or self.probe_size < 16 \
+                or not self.settle >= 0:
+            raise ValueError("need boxes >= 1, repeats >= 1, warmup >= 0, num_calib >= 1, probe_size >= 16 and "
+                             "settle >= 0")
 
 
 def load_frame(settings: CompareSettings) -> tuple[np.ndarray, str]:
@@ -173,7 +179,6 @@ def compare_reference(settings: CompareSettings, progress: Optional[Callable[[in
     image, source = load_frame(settings)
     boxes = synthetic_boxes(settings.boxes, settings.frame, settings.seed).numpy()
     outputs: dict[str, np.ndarray] = {}
-    probe: dict[str, Any] = {}
     with pinned_threads(settings.threads), tempfile.TemporaryDirectory(prefix="powersam-compare-") as tmp:
         torch.manual_seed(settings.seed)
         official = build_model(MODEL, img_size=settings.img_size).eval()
@@ -194,15 +199,15 @@ def compare_reference(settings: CompareSettings, progress: Optional[Callable[[in
                 rows.append((ort_label(name, spinning), _predictor_run(OnnxSamPredictor(*sessions), boxes)))
         pipelines = [Pipeline.reporting(MODEL, name, STAGES, _prompt_frame(run, image, outputs, name))
                      for name, run in rows]
-        pipelines.append(Pipeline.reporting("probe", "matmul", ("matmul",), matmul_probe(settings.probe_size, probe)))
-        times = run_interleaved(pipelines, repeats=settings.repeats, warmup=settings.warmup, progress=progress)
+        times = run_interleaved(pipelines, repeats=settings.repeats, warmup=settings.warmup, progress=progress,
+                                settle=settings.settle, probe=MatmulProbe(settings.probe_size))
         records = [timing_record(p, t) for p, t in zip(pipelines, times)]
-    measured = probe_summary(probe["gflops"], settings.repeats, settings.probe_size)
+    measured = probe_summary([g for t in times for g in t.probe], settings.probe_size)
     gflops = measured["probe_gflops_roofline"]
     work = _work(settings)
     reference_ms = records[0]["latency_ms_median"]
     paths = []
-    for record in records[:-1]:
+    for record, frames in zip(records, times):
         name = record["runtime"]
         agree = agreement(outputs[name], outputs["reference"])
         agree["within_tolerance"] = _within(name, agree)
@@ -211,7 +216,8 @@ def compare_reference(settings: CompareSettings, progress: Optional[Callable[[in
             "path": name, "latency_ms_median": ms, "latency_ms_p90": record["latency_ms_p90"],
             "parts_ms": {k: v["median"] for k, v in record["parts"].items()},
             "vs_reference": ms / reference_ms,
-            "vs_roofline": {k: ms / roofline_ms(w["total_gmacs"], gflops) for k, w in work.items()},
+            "vs_roofline": {k: paired_multiple(frames.total, frames.probe, w["total_gmacs"]) for k, w in work.items()},
+            "vs_roofline_best": {k: ms / roofline_ms(w["total_gmacs"], gflops) for k, w in work.items()},
             "agreement": agree,
         })
     return {
@@ -219,9 +225,9 @@ def compare_reference(settings: CompareSettings, progress: Optional[Callable[[in
         "settings": {"model": MODEL, "img_size": settings.img_size, "frame": list(settings.frame),
                      "boxes": settings.boxes, "threads": settings.threads, "repeats": settings.repeats,
                      "warmup": settings.warmup, "image": source, "num_calib": settings.num_calib,
-                     "probe_size": settings.probe_size, "seed": settings.seed,
+                     "probe_size": settings.probe_size, "seed": settings.seed, "settle_ms": settings.settle * 1e3,
                      "ort_spinning": [SPIN_NAMES[v] for v in settings.ort_spinning],
-                     "order": "round-robin over every path and the probe, rotating start; warm-up rounds first",
+                     "order": "round-robin over every path, rotating start; warm-up rounds first; the probe before every frame",
                      "box_prompts": [[round(float(v), 2) for v in b] for b in boxes]},
         "paths": paths,
         "roofline": {**measured, "work": work,
@@ -237,20 +243,26 @@ def compare_markdown(payload: dict[str, Any], command: str = "") -> str:
              f"({s['warmup']} warm-up); {payload['machine']['cpu']}.", ""]
     if command:
         lines += [f"Command: `{command}`", ""]
-    lines += ["| path | ms per frame | preprocess | encoder | decoder | postprocess | / reference | / roofline "
-              "(true MACs) | / roofline (paper MACs) | masks vs reference: min IoU |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"Probe: dense {roof['probe_size']}² float32 matmul right before every frame: "
+              f"{roof['probe_gflops_min']:.0f}-{roof['probe_gflops_max']:.0f} GFLOP/s (median "
+              f"{roof['probe_gflops_median']:.0f}). / roofline, paired: the median of each frame against the probe "
+              "reading just before it; best probe: the median frame against the run's best reading.", ""]
+    lines += ["| path | ms per frame | preprocess | encoder | decoder | postprocess | / reference | / roofline, "
+              "true MACs, paired | / roofline, true MACs, best probe | / roofline, paper MACs, paired | masks vs "
+              "reference: min IoU |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for p in payload["paths"]:
         parts, a = p["parts_ms"], p["agreement"]
         iou = f"{a['min_iou']:.4f}" if "min_iou" in a else "shape differs"
         lines.append(f"| {p['path']} | {p['latency_ms_median']:.0f} | " + " | ".join(
             f"{parts.get(k, 0.0):.0f}" for k in STAGES) + f" | {p['vs_reference']:.2f}x | "
-            f"{p['vs_roofline']['full']:.2f}x | {p['vs_roofline']['paper']:.2f}x | {iou} |")
+            f"{p['vs_roofline']['full']:.2f}x | {p['vs_roofline_best']['full']:.2f}x | "
+            f"{p['vs_roofline']['paper']:.2f}x | {iou} |")
     for key in ("full", "paper"):
         w = roof["work"][key]
         lines.append(f"| roofline, {key} MACs ({w['encoder_gmacs']:.2f} + {s['boxes']} x "
                      f"{w['decoder_gmacs_per_box']:.2f} = {w['total_gmacs']:.1f} GMACs at "
-                     f"{roof['probe_gflops_roofline']:.0f} GFLOP/s, the probe's best frame) | "
+                     f"{roof['probe_gflops_roofline']:.0f} GFLOP/s, the probe's best reading) | "
                      f"{roof['roofline_ms'][key]:.0f} | | | | | "
-                     f"{roof['roofline_ms'][key] / payload['paths'][0]['latency_ms_median']:.2f}x | | | |")
+                     f"{roof['roofline_ms'][key] / payload['paths'][0]['latency_ms_median']:.2f}x | | | | |")
     return "\n".join(lines) + "\n"

@@ -18,6 +18,11 @@ The median frame time is *not* the sum of the per-stage medians; both are report
 Interleaving: warm-up rounds, then ``repeats`` timed rounds; each round runs one frame of every pipeline, starting at
 a rotating offset (round r starts at pipeline ``r mod n``). Drift of a noisy machine (other jobs, thermal state)
 therefore hits every pipeline alike, which keeps their *ratios* trustworthy even when absolute numbers wander.
+
+Settling: before every frame the harness sleeps ``settle`` seconds, outside the timed region. ONNX Runtime's worker
+threads busy-wait after a run (its default "spinning"), so without the pause the frame that follows an ONNX frame
+shares the cores with them: measured on 2 threads, a dense matmul right after an ORT run read 101-136 GFLOP/s
+against 180 after a 50 ms pause or with spinning off (session 14). The frame after an ONNX one was charged for it.
 """
 from __future__ import annotations
 
@@ -29,6 +34,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
+
+DEFAULT_SETTLE_S = 0.05
+"""Untimed pause before every frame: longer than ONNX Runtime's spin-wait after a run (see the module doc)."""
 
 Timer = Callable[[], float]
 """Returns seconds from an arbitrary origin (``time.perf_counter`` by default; tests inject a fake clock)."""
@@ -98,6 +106,7 @@ class FrameTimes:
 
     total: list[float] = field(default_factory=list)
     parts: dict[str, list[float]] = field(default_factory=dict)
+    probe: list[float] = field(default_factory=list)  # the probe's reading right before each timed frame, if any
 
 
 def run_frame(pipeline: Pipeline, timer: Timer = time.perf_counter) -> tuple[float, dict[str, float]]:
@@ -161,6 +170,9 @@ def run_interleaved(
     warmup: int = 1,
     timer: Timer = time.perf_counter,
     progress: Optional[Callable[[int, int], None]] = None,
+    settle: float = DEFAULT_SETTLE_S,
+    sleep: Callable[[float], None] = time.sleep,
+    probe: Optional[Callable[[], float]] = None,
 ) -> list[FrameTimes]:
     """Time every pipeline ``repeats`` times, interleaved (see the module docstring).
 
@@ -170,16 +182,28 @@ def run_interleaved(
         warmup: untimed frames per pipeline before timing (lazy initialisation, allocator and cache warm-up).
         timer: clock in seconds.
         progress: called as ``progress(done, total)`` after every frame.
+        settle: seconds slept before every frame, untimed, so the previous frame's spinning thread pools are asleep
+            (module doc); 0 disables it.
+        sleep: the pause (tests inject a fake).
+        probe: called right before every frame, after the pause and untimed; what it returns for a timed frame
+            goes to that frame's ``FrameTimes.probe`` (e.g. :class:`~powersam.bench.roofline.MatmulProbe`).
 
     Returns:
         One :class:`FrameTimes` per pipeline, in the order given.
     """
+    if not settle >= 0:  # also rejects NaN
+        raise ValueError(f"settle must be >= 0 seconds, got {settle}")
     schedule = interleaved_schedule(len(pipelines), warmup, repeats)
     results = [FrameTimes(parts={s.name: [] for s in p.stages}) for p in pipelines]
     for done, (timed, index) in enumerate(schedule, start=1):
+        if settle:
+            sleep(settle)
+        reading = probe() if probe is not None else None
         total, parts = run_frame(pipelines[index], timer)
         if timed:
             results[index].total.append(total)
+            if reading is not None:
+                results[index].probe.append(reading)
             for name, seconds in parts.items():
                 results[index].parts[name].append(seconds)
         if progress is not None:

@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from .roofline import frame_gmacs, matmul_probe, probe_summary, roofline_ms
-from .runner import Pipeline, Timer, machine_info, run_interleaved, timing_record
+from .roofline import MatmulProbe, frame_gmacs, paired_multiple, probe_summary, roofline_ms
+from .runner import DEFAULT_SETTLE_S, FrameTimes, Timer, machine_info, run_interleaved, timing_record
 
 DEFAULT_MODELS = "powersam_s,powersam_b,powersam_s_decoupled,powersam_b_decoupled"
 
@@ -43,6 +43,7 @@ def benchmark(
     timer: Optional[Timer] = None,
     progress: Optional[Callable[[int, int], None]] = None,
     probe_size: Optional[int] = 1024,
+    settle: float = DEFAULT_SETTLE_S,
 ) -> dict[str, Any]:
     """Build every model × runtime, time them interleaved, and return the ``bench.json`` payload.
 
@@ -56,10 +57,11 @@ def benchmark(
         repeats, warmup: timed and untimed frames per pipeline.
         complexity: add params/GMACs from :func:`powersam.utils.model_info.model_info` (paper and full conventions).
         timer: clock override (tests).
+        settle: untimed seconds slept before every frame (:func:`~powersam.bench.runner.run_interleaved`).
         progress: ``progress(done, total)`` after each frame.
-        probe_size: on the CPU, time a dense ``probe_size``² matmul in the same rounds and give every record its
-            ``roofline_ms`` / ``vs_roofline`` (:mod:`powersam.bench.roofline`; needs ``complexity`` and a fixed
-            number of boxes); None skips it.
+        probe_size: on the CPU, time a dense ``probe_size``² matmul right before every frame and give every record
+            its ``roofline_ms`` / ``vs_roofline`` / ``vs_roofline_best`` (:mod:`powersam.bench.roofline`; needs
+            ``complexity`` and a fixed number of boxes); None skips it.
 
     Returns:
         ``{"machine": {...}, "settings": {...}, "records": [one per model × runtime, model-major]}``, plus
@@ -94,21 +96,19 @@ def benchmark(
                         slots.append({"model": name, "runtime": ort_label(runtime, spinning), "available": False,
                                       "error": str(err)})
         pipelines = [s for s in slots if not isinstance(s, dict)]
-        probe: dict[str, Any] = {}
-        timed = pipelines
-        if probe_size is not None and settings.device == "cpu" and pipelines:
-            timed = [*pipelines, Pipeline.reporting("probe", "matmul", ("matmul",), matmul_probe(probe_size, probe))]
-        times = run_interleaved(timed, repeats=repeats, warmup=warmup, progress=progress,
-                                **({"timer": timer} if timer is not None else {}))
-    measured = {id(p): timing_record(p, t) for p, t in zip(pipelines, times)}
+        probe = MatmulProbe(probe_size) if probe_size is not None and settings.device == "cpu" and pipelines else None
+        times = run_interleaved(pipelines, repeats=repeats, warmup=warmup, progress=progress, settle=settle,
+                                probe=probe, **({"timer": timer} if timer is not None else {}))
+    measured = {id(p): (timing_record(p, t), t) for p, t in zip(pipelines, times)}
     info = {name: _complexity(name, settings.img_size, settings.det_size) for name in models} if complexity else {}
-    roofline = probe_summary(probe["gflops"], repeats, probe_size) if probe.get("gflops") else None
+    readings = [g for t in times for g in t.probe]
+    roofline = probe_summary(readings, probe_size) if readings else None
     records = []
     for slot in slots:
-        record = slot if isinstance(slot, dict) else measured[id(slot)]
+        record, frames = (slot, None) if isinstance(slot, dict) else measured[id(slot)]
         record = {**record, **info.get(record["model"], {})}
-        if roofline is not None and record.get("available", True):
-            record.update(_against_roofline(record, settings.boxes, roofline["probe_gflops_roofline"]))
+        if roofline is not None and frames is not None:
+            record.update(_against_roofline(record, frames, settings.boxes, roofline["probe_gflops_roofline"]))
         records.append(record)
     extra = {"roofline": roofline} if roofline is not None else {}
     return {
@@ -116,7 +116,7 @@ def benchmark(
         "settings": {
             "img_size": settings.img_size, "frame": list(settings.frame), "boxes": settings.boxes,
             "device": settings.device, "threads": settings.threads, "det_size": settings.det_size,
-            "repeats": repeats, "warmup": warmup, "seed": settings.seed,
+            "repeats": repeats, "warmup": warmup, "seed": settings.seed, "settle_ms": settle * 1e3,
             "ort_spinning": [SPIN_NAMES[v] for v in spin_settings],
             "order": "round-robin over all model × runtime pipelines, rotating start; warm-up rounds first",
             "complexity": "params/GMACs: paper (thop) convention; *_full: every parameter and matmul",
@@ -126,14 +126,18 @@ def benchmark(
     }
 
 
-def _against_roofline(record: dict[str, Any], boxes: Any, gflops: float) -> dict[str, Any]:
-    """``frame_gmacs_full``, ``roofline_ms`` and ``vs_roofline`` of one timed record (None where not countable)."""
+def _against_roofline(record: dict[str, Any], frames: FrameTimes, boxes: Any, best_gflops: float) -> dict[str, Any]:
+    """One timed record against the hardware limit (:mod:`powersam.bench.roofline`): ``frame_gmacs_full``,
+    ``roofline_ms`` at the run's best probe reading, ``vs_roofline_best`` (median frame / that), ``vs_roofline``
+    (median of each frame against the probe reading just before it). None where the work is not countable."""
     components = record.get("components")
     gmacs = frame_gmacs(components, boxes) if components and isinstance(boxes, int) else None
     if gmacs is None:
-        return {"frame_gmacs_full": None, "roofline_ms": None, "vs_roofline": None}
-    limit = roofline_ms(gmacs, gflops)
-    return {"frame_gmacs_full": gmacs, "roofline_ms": limit, "vs_roofline": record["latency_ms_median"] / limit}
+        return {"frame_gmacs_full": None, "roofline_ms": None, "vs_roofline": None, "vs_roofline_best": None}
+    limit = roofline_ms(gmacs, best_gflops)
+    return {"frame_gmacs_full": gmacs, "roofline_ms": limit,
+            "vs_roofline": paired_multiple(frames.total, frames.probe, gmacs),
+            "vs_roofline_best": record["latency_ms_median"] / limit}
 
 
 def write_bench_outputs(bench: dict[str, Any], out_dir: str | Path,

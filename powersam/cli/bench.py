@@ -79,6 +79,10 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                              "its roofline)")
     parser.add_argument("--probe-size", type=int, default=1024,
                         help="n of the n x n matmul probe (default 1024; also with --compare-reference)")
+    parser.add_argument("--settle-ms", type=float, default=50.0,
+                        help="untimed pause before every frame, so the previous frame's ONNX Runtime threads have "
+                             "stopped spinning (default 50; 0: none, frames after an ONNX frame then pay for its "
+                             "spinning threads)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic image (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     compare = parser.add_argument_group(
@@ -113,6 +117,8 @@ def _settings(args: argparse.Namespace) -> Any:
 
     if args.probe_size < 16:
         raise ValueError(f"--probe-size must be >= 16, got {args.probe_size}")
+    if not args.settle_ms >= 0:
+        raise ValueError(f"--settle-ms must be >= 0, got {args.settle_ms}")
     if args.repeats < 1 or args.warmup < 0:
         raise ValueError(f"need --repeats >= 1 and --warmup >= 0, got {args.repeats} and {args.warmup}")
     if args.device.startswith("cuda"):
@@ -152,7 +158,8 @@ def run_compare(args: argparse.Namespace) -> int:
         settings = CompareSettings(img_size=args.size, frame=args.frame, boxes=int(args.boxes), threads=args.threads,
                                    repeats=args.repeats, warmup=args.warmup, image=args.image,
                                    num_calib=args.num_calib, probe_size=args.probe_size, seed=args.seed,
-                                   work_dir=args.out / "graphs", ort_spinning=args.ort_spinning)
+                                   work_dir=args.out / "graphs", ort_spinning=args.ort_spinning,
+                                   settle=args.settle_ms / 1e3)
         payload = compare_reference(settings)
     except (ValueError, TypeError, FileNotFoundError, RuntimeError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -194,7 +201,7 @@ def run_bench(args: argparse.Namespace) -> int:
         bench = benchmark(split_names(args.models), split_names(args.runtime), settings, repeats=args.repeats,
                           warmup=args.warmup, complexity=not args.no_complexity,
                           progress=progress if bar is not None else None,
-                          probe_size=None if args.no_probe else args.probe_size)
+                          probe_size=None if args.no_probe else args.probe_size, settle=args.settle_ms / 1e3)
         if bar is not None:
             bar.close()
         written = write_bench_outputs(bench, args.out, miou or None)

@@ -186,6 +186,58 @@ def test_pipelines_run_interleaved_in_schedule_order():
     assert [len(r.total) for r in results] == [2, 2, 2]
 
 
+def test_settle_pause_precedes_every_frame_and_is_not_timed():
+    clock, log = FakeClock(), []
+    pipelines = [Pipeline(f"m{i}", "torch", [Stage("s", lambda s, i=i: (log.append(i), clock.advance(0.003)))])
+                 for i in range(2)]
+
+    def sleep(seconds):  # a pause the clock sees: it must fall between frames, never inside one
+        log.append(("sleep", seconds))
+        clock.advance(seconds)
+
+    results = run_interleaved(pipelines, repeats=2, warmup=1, timer=clock, settle=0.5, sleep=sleep)
+    assert log == [("sleep", 0.5), 0, ("sleep", 0.5), 1] * 1 + [("sleep", 0.5), 1, ("sleep", 0.5), 0] \
+        + [("sleep", 0.5), 0, ("sleep", 0.5), 1]
+    assert [r.total for r in results] == [pytest.approx([0.003] * 2)] * 2
+    calls = []
+    run_interleaved(pipelines, repeats=1, warmup=0, timer=clock, settle=0, sleep=calls.append)
+    assert calls == []
+    with pytest.raises(ValueError, match="settle"):
+        run_interleaved(pipelines, repeats=1, settle=float("nan"))
+
+
+def test_the_probe_runs_untimed_right_before_every_frame_and_pairs_with_it():
+    clock, log = FakeClock(), []
+    readings = iter(range(1, 100))
+    pipelines = [Pipeline(f"m{i}", "torch", [Stage("s", lambda s, i=i: (log.append(i), clock.advance(0.002)))])
+                 for i in range(2)]
+
+    def probe():
+        log.append("probe")
+        clock.advance(7.0)  # the probe's own time must not reach any frame
+        return float(next(readings))
+
+    results = run_interleaved(pipelines, repeats=2, warmup=1, timer=clock, settle=0, probe=probe)
+    assert log == ["probe", 0, "probe", 1, "probe", 1, "probe", 0, "probe", 0, "probe", 1]
+    assert [r.total for r in results] == [pytest.approx([0.002] * 2)] * 2
+    assert results[0].probe == [4.0, 5.0] and results[1].probe == [3.0, 6.0]  # timed frames only, in order
+
+
+def test_paired_roofline_multiple():
+    from powersam.bench.roofline import paired_multiple, probe_summary, roofline_ms
+
+    # 1 GMAC: 20 ms at 100 GFLOP/s. Frames of 40 / 30 / 25 ms against readings 100 / 50 / 200 → 2.0 / 0.75 / 2.5.
+    assert roofline_ms(1.0, 100.0) == pytest.approx(20.0)
+    assert paired_multiple([0.040, 0.030, 0.025], [100.0, 50.0, 200.0], 1.0) == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="one probe reading per timed frame"):
+        paired_multiple([0.04, 0.03], [100.0], 1.0)
+    summary = probe_summary([100.0, 50.0, 200.0], 64)
+    assert summary == {"probe_size": 64, "probe_gflops_median": 100.0, "probe_gflops_min": 50.0,
+                       "probe_gflops_max": 200.0, "probe_gflops_roofline": 200.0}
+    with pytest.raises(ValueError, match="no timed reading"):
+        probe_summary([], 64)
+
+
 def test_invalid_pipelines_and_empty_timings_raise():
     with pytest.raises(ValueError, match="unique"):
         Pipeline("m", "torch", [Stage("a", print), Stage("a", print)])
@@ -326,6 +378,7 @@ def test_cli_writes_outputs_with_miou(tmp_path, capsys):
     (["--device", "tpu"], "--device"),
     (["--repeats", "0"], "--repeats"),
     (["--probe-size", "4"], "--probe-size"),
+    (["--settle-ms", "-1"], "--settle-ms"),
 ])
 def test_cli_reported_failures_exit_1(tmp_path, capsys, argv, message):
     # Later options win, so argv can override the quick defaults.
@@ -391,15 +444,21 @@ def test_every_frame_is_set_against_a_matmul_probe_of_the_same_rounds(tmp_path):
     assert roof["probe_gflops_roofline"] == roof["probe_gflops_max"] >= roof["probe_gflops_median"]
     assert [r["model"] for r in bench["records"]] == ["powersam_s", "powersam_s_decoupled"]  # the probe is no row
     for record in bench["records"]:
+        # Each frame's own probe reading is at most the best one: paired lies between the best-probe bound scaled
+        # by slowest / best reading and that bound.
+        best = record["vs_roofline_best"]
+        ratio = roof["probe_gflops_min"] / roof["probe_gflops_max"]
+        assert best * ratio * (1 - 1e-9) <= record["vs_roofline"] <= best * (1 + 1e-9)
+
         parts = record["components"]
         per_frame = sum(v["gmacs_full"] for k, v in parts.items() if k not in ("prompt_encoder", "mask_decoder"))
         per_box = parts["prompt_encoder"]["gmacs_full"] + parts["mask_decoder"]["gmacs_full"]
         assert record["frame_gmacs_full"] == pytest.approx(per_frame + 2 * per_box)  # 2 boxes a frame
         assert record["frame_gmacs_full"] == pytest.approx(frame_gmacs(parts, 2))
         assert record["roofline_ms"] == pytest.approx(2e3 * record["frame_gmacs_full"] / roof["probe_gflops_roofline"])
-        assert record["vs_roofline"] == pytest.approx(record["latency_ms_median"] / record["roofline_ms"])
+        assert record["vs_roofline_best"] == pytest.approx(record["latency_ms_median"] / record["roofline_ms"])
     markdown = write_bench_outputs(bench, tmp_path / "out")["md"].read_text()
-    assert "### Against the hardware limit" in markdown and "best frame" in markdown
+    assert "### Against the hardware limit" in markdown and "best probe" in markdown
     assert f"| powersam_s | torch | {bench['records'][0]['frame_gmacs_full']:.2f} |" in markdown
 
 

@@ -79,6 +79,8 @@ def test_agreement_counts_iou_and_differing_pixels():
     assert agreement(other[:, :, :3], ref) == {"shape": [2, 1, 3, 5], "same_shape": False}
     with pytest.raises(ValueError, match="boxes >= 1"):
         CompareSettings(boxes=0)
+    with pytest.raises(ValueError, match="settle >= 0"):
+        CompareSettings(settle=-0.1)
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +100,7 @@ def test_report_structure_and_masks_agree(report):
     assert set(payload) >= {"machine", "settings", "paths", "roofline", "command"}
     assert payload["settings"]["frame"] == [90, 160] and payload["settings"]["boxes"] == 2
     assert payload["settings"]["ort_spinning"] == ["default", "off"]
+    assert payload["settings"]["settle_ms"] == 50.0  # the default pause before every frame
     assert [p["path"] for p in payload["paths"]] == PATHS
     reference_ms = payload["paths"][0]["latency_ms_median"]
     roof = payload["roofline"]
@@ -109,7 +112,9 @@ def test_report_structure_and_masks_agree(report):
     for path in payload["paths"]:
         assert set(path["parts_ms"]) == {"preprocess", "encoder", "decoder", "postprocess"}
         assert path["vs_reference"] == pytest.approx(path["latency_ms_median"] / reference_ms)
-        assert path["vs_roofline"]["full"] == pytest.approx(path["latency_ms_median"] / roof["roofline_ms"]["full"])
+        assert path["vs_roofline_best"]["full"] == pytest.approx(
+            path["latency_ms_median"] / roof["roofline_ms"]["full"])
+        assert 0 < path["vs_roofline"]["full"] <= path["vs_roofline_best"]["full"] * (1 + 1e-9)  # paired <= bound
         agree = path["agreement"]
         assert agree["shape"] == [2, 1, 90, 160], path["path"]
         if path["path"].startswith("onnx-int8"):
@@ -119,6 +124,7 @@ def test_report_structure_and_masks_agree(report):
         assert agree["within_tolerance"] is True
     assert payload["paths"][0]["agreement"]["differing_fraction"] == 0.0
     assert markdown.count("\n| ") == len(PATHS) + 3  # header row, the paths, two roofline rows
+    assert "right before every frame" in markdown
     assert compare_markdown(payload) in markdown
 
 
