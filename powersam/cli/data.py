@@ -1,5 +1,6 @@
 """``powersam data check`` (validate a COCO dataset), ``powersam data synth`` (write the synthetic dataset) and
-``powersam data split`` (write a train/val division as per-split annotation files)."""
+``powersam data split`` (write a train/val division as per-split annotation files) and ``powersam data merge`` (merge
+datasets, each keeping its division)."""
 from __future__ import annotations
 
 import argparse
@@ -84,6 +85,32 @@ def run_split(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_merge_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``powersam data merge``."""
+    parser.add_argument("paths", type=Path, nargs="+", metavar="PATH",
+                        help="two or more dataset folders or COCO JSON files; each keeps its own train/val division")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="output folder: annotations/{train,val}.json + images/s<k> links")
+    parser.add_argument("--val-fraction", type=float, default=0.2,
+                        help="division of a source with one annotation file (default 0.2, as training)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of that division (default 0, as training's split_seed)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a previous merge in a non-empty OUT")
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    """Merge the datasets (powersam.data.merge); prints what went where; returns a process exit code."""
+    from ..data.merge import describe_merge, merge_datasets
+
+    try:
+        result = merge_datasets(args.paths, args.out, val_fraction=args.val_fraction, seed=args.seed,
+                                overwrite=args.overwrite)
+    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(describe_merge(result, args.out))
+    return 0
+
+
 def synth_main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m powersam.data.synth ARGS``: ``powersam data synth`` on its own."""
     parser = add_synth_arguments(argparse.ArgumentParser(description="Generate the synthetic substation dataset."))
@@ -91,8 +118,8 @@ def synth_main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def register(sub: Any) -> None:
-    """Add ``data check``, ``data synth`` and ``data split`` to the ``powersam`` sub-command parsers ``sub``."""
-    data = sub.add_parser("data", help="datasets: validate, divide into train/val, synthesise the embedded default"
+    """Add ``data check``, ``data synth``, ``data split`` and ``data merge`` to the ``powersam`` sub-command parsers ``sub``."""
+    data = sub.add_parser("data", help="datasets: validate, divide into train/val, merge, synthesise the embedded default"
                           ).add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
     p = data.add_parser("check", help="validate a COCO dataset and print a report")
     add_check_arguments(p)
@@ -105,3 +132,7 @@ def register(sub: Any) -> None:
     p = data.add_parser("split", help="write a train/val division (the one training uses) as per-split files")
     add_split_arguments(p)
     p.set_defaults(func=run_split)
+
+    p = data.add_parser("merge", help="merge datasets into one, each keeping its train/val division")
+    add_merge_arguments(p)
+    p.set_defaults(func=run_merge)
