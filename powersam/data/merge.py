@@ -24,7 +24,7 @@ from typing import Any, Optional, Sequence, Union
 
 from .coco import split_image_ids
 from .coco_annotations import annotations_are_boxes_only, load_coco_json, resolve_annotation_file, resolve_images_dir
-from .split import _image_records
+from .split import _image_records, check_output_folder
 
 PathLike = Union[str, Path]
 SPLITS = ("train", "val")
@@ -79,11 +79,7 @@ def merge_datasets(
     if len(sources) < 2:
         raise ValueError(f"merge needs at least two datasets, got {len(sources)}")
     loaded = [_source_splits(s, val_fraction, seed) for s in sources]  # every error before anything is written
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out '{out}' exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"'{out}' is not empty; pass overwrite=True (--overwrite) to replace the merge")
+    out = check_output_folder(out, overwrite, "the merge")
     images_root = out / "images"
     if images_root.is_symlink() or images_root.is_file():
         raise FileExistsError(f"'{images_root}' is not a folder of links; refusing to write into it")

@@ -37,6 +37,17 @@ def _image_records(images: list) -> dict[int, dict]:
     return records
 
 
+def check_output_folder(out: PathLike, overwrite: bool, what: str) -> Path:
+    """``out`` as a Path if a dataset can be written there: absent, an empty folder, or ``overwrite`` (replacing
+    ``what``); NotADirectoryError / FileExistsError otherwise."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out '{out}' exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"'{out}' is not empty; pass overwrite=True (--overwrite) to replace {what}")
+    return out
+
+
 def write_split(
     path: PathLike,
     out: PathLike,
@@ -69,11 +80,7 @@ def write_split(
     source_images = resolve_images_dir(json_path, [r["file_name"] for r in records.values()], images_dir).resolve()
     divisions = {split: split_image_ids(list(records), split, val_fraction, seed) for split in ("train", "val")}
 
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out '{out}' exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"'{out}' is not empty; pass overwrite=True (--overwrite) to replace its split files")
+    out = check_output_folder(out, overwrite, "its split files")
     link = out / "images"
     if link.exists() and not link.is_symlink():  # e.g. OUT is the source dataset itself
         raise FileExistsError(f"'{link}' is a real folder; refusing to replace it with a link")
