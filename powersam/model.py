@@ -319,17 +319,20 @@ class Model:
 
     # ------------------------------------------------------------------ export
     def export(self, format: str = "onnx", out: PathLike = "export", *, calib: Any = None, num_calib: int = 32,
-               **options: Any) -> list[Path]:
+               int8_decoder: bool = False, **options: Any) -> list[Path]:
         """Export a PyTorch model into the folder ``out`` → the files to deploy (``powersam.load`` takes the list).
 
         ``model.onnx`` (integrated detect-and-segment graph, when the model detects) and the interactive pair
         ``encoder.onnx`` + ``decoder.onnx``; then by ``format``: ``"onnx"`` those; ``"onnx-int8"`` their static INT8
-        twins ``*.int8.onnx`` calibrated on ``calib`` images (the decoder stays float); ``"onnx-fp16"`` FP16 twins
+        twins ``*.int8.onnx`` calibrated on ``calib`` images (the decoder stays float unless ``int8_decoder``: its
+        weight MatMuls dynamic INT8, in ``model.int8.onnx`` and as ``decoder.int8.onnx``); ``"onnx-fp16"`` FP16 twins
         ``*.fp16.onnx``; ``"tensorrt"`` one ``.engine`` per graph (TensorRT >= 10 and an NVIDIA GPU). ``options`` go
         to :func:`~powersam.deploy.onnx_export.export_onnx` (``opset``, ``conf``, ``iou``, ``max_det``, ...).
         """
         if format not in EXPORT_FORMATS:
             raise ValueError(f"format must be one of {EXPORT_FORMATS}; got {format!r}")
+        if int8_decoder and format != "onnx-int8":
+            raise ValueError(f"int8_decoder applies to format='onnx-int8' only; got format={format!r}")
         if self.module is None:
             raise ValueError(f"{self.model_name} is already an export ({self.backend}); export the PyTorch model")
         from .deploy.onnx_export import export_onnx
@@ -353,8 +356,8 @@ class Model:
         if format == "onnx-int8":
             from .deploy.quantize import quantize_export
 
-            int8 = quantize_export(graphs, calib, num_calib)
-            return int8 + [g for g in graphs if g.stem == DECODER_NAME]
+            int8 = quantize_export(graphs, calib, num_calib, decoder=int8_decoder)
+            return int8 if int8_decoder else int8 + [g for g in graphs if g.stem == DECODER_NAME]
         if format == "onnx-fp16":
             from .deploy.precision import float16_twins
 

@@ -15,7 +15,7 @@ process, so machine noise hits both alike; the first round is a warm-up and is d
 
     OMP_NUM_THREADS=1 python scripts/ab_inference.py post|layout [S] [--image PATH] [--rounds N]
     OMP_NUM_THREADS=1 python scripts/ab_inference.py ort path/to/encoder.onnx
-    OMP_NUM_THREADS=1 python scripts/ab_inference.py int8 [S] [--rounds N]
+    OMP_NUM_THREADS=1 python scripts/ab_inference.py int8 [S] [--rounds N] [--threads N]
 """
 from __future__ import annotations
 
@@ -220,7 +220,7 @@ def _int8_graphs(size: int, work: Path, photos: list[str]) -> dict[str, Path]:
     return graphs
 
 
-def ab_int8(size: int, image_path: str, rounds: int) -> None:
+def ab_int8(size: int, image_path: str, rounds: int, threads: int = 1) -> None:
     from powersam.bench.pipelines import synthetic_boxes
     from powersam.inference.timing import StageTimer
     from powersam.io import list_images, load_image
@@ -232,7 +232,9 @@ def ab_int8(size: int, image_path: str, rounds: int) -> None:
     images = [load_image(image_path)] + [load_image(p) for p in photos[-2:]]
     with tempfile.TemporaryDirectory() as tmp:
         g = _int8_graphs(size, Path(tmp), photos[:4])
-        s = {name: GraphSession(path, threads=1) for name, path in g.items()}
+        # Spinning off beyond one thread: spinning workers of one variant would slow the next one down.
+        s = {name: GraphSession(path, threads=threads, spinning=None if threads == 1 else False)
+             for name, path in g.items()}
         pairs = {"fp32": ("encoder", "decoder"), "int8 enc": ("encoder int8", "decoder"),
                  "int8 dec": ("encoder", "decoder int8-dyn"), "int8 enc+dec": ("encoder int8", "decoder int8-dyn")}
         boxes = [synthetic_boxes(5, im.shape[:2], seed=i).numpy() for i, im in enumerate(images)]
@@ -248,7 +250,7 @@ def ab_int8(size: int, image_path: str, rounds: int) -> None:
         pred.decoder.run = lambda feeds, outputs=None: captured.setdefault("f", feeds) and run(feeds, outputs)
         pred.predict_batch(boxes=boxes[0], multimask_output=False)
         pred.decoder.run = run
-        print(f"S={size}, PowerSAM-S random weights, 1 thread; ONNX Runtime per-node profile (2nd run)")
+        print(f"S={size}, PowerSAM-S random weights, {threads} thread(s); ONNX Runtime per-node profile (2nd run)")
         for name, feeds, graph in (("encoder", enc_feeds, "encoder"), ("encoder int8", enc_feeds, "encoder"),
                                    ("decoder", captured["f"], "decoder"), ("decoder int8-dyn", captured["f"], "decoder"),
                                    ("integrated", int_feeds, "integrated"), ("integrated int8", int_feeds, "integrated"),
@@ -294,8 +296,9 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def main(argv: list[str]) -> None:
-    """``what [arg] [--image PATH] [--rounds N]`` (plain ``sys.argv`` parsing: argparse lives in powersam/cli)."""
-    options = {"--image": DEFAULT_IMAGE, "--rounds": "5"}
+    """``what [arg] [--image PATH] [--rounds N] [--threads N]`` (plain ``sys.argv`` parsing: argparse lives in
+    powersam/cli); ``--threads`` applies to ``int8``."""
+    options = {"--image": DEFAULT_IMAGE, "--rounds": "5", "--threads": "1"}
     positional = []
     items = iter(argv)
     for item in items:
@@ -311,7 +314,7 @@ def main(argv: list[str]) -> None:
             raise SystemExit("ort needs the path of an exported graph")
         ab_ort(Path(arg), rounds)
     elif what == "int8":
-        ab_int8(int(arg or 1024), options["--image"], rounds)
+        ab_int8(int(arg or 1024), options["--image"], rounds, int(options["--threads"]))
     elif what == "post":
         ab_post(int(arg or 1024), options["--image"], rounds)
     else:

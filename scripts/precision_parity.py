@@ -2,8 +2,8 @@
 
 Writes the twins of a float32 integrated export that deployment uses: FP16 (:func:`powersam.deploy.precision.
 to_float16`, what a TensorRT FP16 engine is built from), INT8 in ONNX Runtime's form (uint8 activations, the
-``--int8`` export) and INT8 in TensorRT's form (symmetric int8 activations, float biases), the two INT8 ones
-calibrated on ``--calib`` images. Each runs with ONNX Runtime on the CPU on the dataset's split, giving
+``--int8`` export; again with its decoder MatMuls in dynamic INT8 as ``--int8-decoder`` writes it) and INT8 in
+TensorRT's form (symmetric int8 activations, float biases), the INT8 ones calibrated on ``--calib`` images. Each runs with ONNX Runtime on the CPU on the dataset's split, giving
 
 * COCO box AP / AP50 (and mask AP where the dataset has masks), as ``powersam eval det`` computes them;
 * agreement with float32 at ``--conf``: images with the same number of detections, and for each float32 detection
@@ -27,6 +27,7 @@ import powersam.runtime as rt
 from powersam.data.coco import CocoInstances
 from powersam.deploy.precision import to_float16
 from powersam.deploy.quantize import calibration_images, quantize_onnx
+from powersam.deploy.quantize_decoder import quantize_decoder_matmuls
 from powersam.eval.detection import evaluate_detection
 
 
@@ -63,10 +64,13 @@ def agreement(reference_results, other_results) -> dict:
 
 def write_twins(src: Path, folder: Path, calib, num_calib: int) -> dict[str, Path]:
     images = calibration_images(calib, num_calib)
+    int8 = quantize_onnx(src, folder / "int8_ort.onnx", images, len(images))
     return {
         "fp32": src,
         "fp16": to_float16(src, folder / "fp16.onnx"),
-        "int8_onnxruntime": quantize_onnx(src, folder / "int8_ort.onnx", images, len(images)),
+        "int8_onnxruntime": int8,
+        # what `powersam export --int8 --int8-decoder` writes: the same graph with dynamic-INT8 decoder MatMuls
+        "int8_onnxruntime_decoder": quantize_decoder_matmuls(int8, folder / "int8_ort_dec.onnx"),
         "int8_tensorrt": quantize_onnx(src, folder / "int8_trt.onnx", images, len(images), for_tensorrt=True),
     }
 

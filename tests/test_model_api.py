@@ -243,6 +243,12 @@ def test_export_round_trip_fp16(module, tmp_path):
     assert fp16.segment(image, boxes=[[10, 10, 60, 50]]).masks.shape == (1, 90, 140)
 
 
+def test_export_int8_decoder_needs_the_int8_format(module, tmp_path):
+    with pytest.raises(ValueError, match="int8_decoder applies to format='onnx-int8'"):
+        powersam.load(module).export("onnx", tmp_path, int8_decoder=True)
+    assert not any(tmp_path.iterdir()), "refused before anything is written"
+
+
 def test_load_sources_and_info(module, exported):
     encoder_only = powersam.load(exported[1], threads=1)  # the decoder is found beside the encoder
     assert encoder_only.can_segment and not encoder_only.can_detect

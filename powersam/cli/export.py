@@ -134,6 +134,8 @@ def add_int8_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--num-calib", type=int, default=32, help="number of calibration images (default 32)")
     group.add_argument("--calib-method", choices=sorted(CALIBRATION_METHOD_NAMES), default="minmax",
                        help="activation range calibration of the ONNX INT8 graphs (default minmax)")
+    group.add_argument("--int8-decoder", action="store_true", help="with --int8: also quantise the mask decoder's "
+                       "weight MatMuls (dynamic INT8; X.int8.onnx, or decoder.int8.onnx as the INT8 encoder's partner)")
 
 
 def int8_runner(export_fp32: ExportRunner) -> ExportRunner:
@@ -141,14 +143,17 @@ def int8_runner(export_fp32: ExportRunner) -> ExportRunner:
 
     def run(args: argparse.Namespace) -> list[Path]:
         int8 = bool(getattr(args, "int8", False))
-        if not int8 and getattr(args, "calib", None) is not None:
-            raise ValueError("--calib only applies with --int8")
+        for flag, given in (("--calib", getattr(args, "calib", None) is not None),
+                            ("--int8-decoder", bool(getattr(args, "int8_decoder", False)))):
+            if given and not int8:
+                raise ValueError(f"{flag} only applies with --int8")
         paths = export_fp32(args)
         if not int8:
             return paths
         from ..deploy.quantize import quantize_export
 
-        return [*paths, *quantize_export(paths, args.calib, args.num_calib, args.calib_method)]
+        return [*paths, *quantize_export(paths, args.calib, args.num_calib, args.calib_method,
+                                         decoder=bool(getattr(args, "int8_decoder", False)))]
 
     return run
 
@@ -169,6 +174,9 @@ def tensorrt_runner(export_fp32: ExportRunner) -> ExportRunner:
     def run(args: argparse.Namespace) -> list[Path]:
         from ..deploy.tensorrt import ENGINE_SUFFIX, build_engine, require_tensorrt
 
+        if getattr(args, "int8_decoder", False):  # before the TensorRT check: the answer is the same on any machine
+            raise ValueError("--int8-decoder is for ONNX Runtime graphs (--format onnx --int8); TensorRT builds "
+                             "decoder graphs FP16")
         require_tensorrt()  # before the export: without TensorRT or a GPU there is nothing to build
         if getattr(args, "fp16", False) and args.no_fp16:
             raise ValueError("--fp16 and --no-fp16 contradict each other (FP16 is the default engine precision)")

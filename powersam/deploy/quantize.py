@@ -15,8 +15,9 @@ What is quantised, and why:
   ranges calibrated on a few prompts generalise poorly to others. It is not free: at S=512 one prompt batch took
   ~16 ms against ~70 ms for the FP32 encoder (one thread). Dynamic int8 quantisation of its MatMul/Gemm weights
   (``onnxruntime.quantization.quantize_dynamic``) measured 16 → 11 ms with mask IoU 0.98 against float, on random
-  weights; it is opt-in (:mod:`powersam.deploy.quantize_decoder`) until measured on trained ones.
-  :func:`quantize_onnx` on a decoder writes a float copy that says so.
+  weights, and on the trained real-data model cost nothing in prompted mIoU (docs/benchmarks.md section 3c). It
+  stays opt-in (:mod:`powersam.deploy.quantize_decoder`; ``quantize_export(..., decoder=True)``, ``powersam export
+  --int8 --int8-decoder``). :func:`quantize_onnx` on a decoder writes a float copy that says so.
 
 Only ``Conv`` nodes get quantize/dequantize pairs; element-wise ops (GELU, SE gates, residual adds, the neck's
 LayerNorm2d) run in float between them (quantising them too measured no faster and less accurate). Weights are int8,
@@ -42,6 +43,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -372,6 +374,8 @@ def quantize_export(
     calib_images: CalibImages = None,
     num_calib: int = 32,
     method: str = "minmax",
+    *,
+    decoder: bool = False,
     **options: Any,
 ) -> list[Path]:
     """Quantise what :func:`~powersam.deploy.onnx_export.export_onnx` wrote; returns the INT8 files.
@@ -380,11 +384,42 @@ def quantize_export(
     (``encoder.int8.onnx``); its metadata still names the float decoder as its partner, so
     ``powersam.runtime.load("encoder.int8.onnx")`` opens the INT8 encoder with the float decoder. ``options`` go to
     :func:`quantize_onnx`.
+
+    ``decoder=True`` also quantises the mask decoder's weight MatMuls dynamically
+    (:func:`~powersam.deploy.quantize_decoder.quantize_decoder_matmuls`): inside ``X.int8.onnx`` for an integrated
+    graph; for a pair it writes ``decoder.int8.onnx`` and makes it the INT8 encoder's partner.
     """
-    written = []
+    from .quantize_decoder import quantize_decoder_matmuls
+
+    kinds = {}
     for path in map(Path, paths):
         props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-        if GraphMetadata.from_props(props, source=str(path)).graph == "decoder":
+        kinds[path] = GraphMetadata.from_props(props, source=str(path))
+    names = {path.name: meta.graph for path, meta in kinds.items()}
+    written = []
+    for path, meta in kinds.items():
+        # With the decoder quantised too, the two INT8 halves of a pair name each other.
+        partner = quantized_path(meta.partner).name if decoder and meta.partner in names else None
+        if meta.graph == "decoder":
+            if decoder:
+                written.append(quantize_decoder_matmuls(path, quantized_path(path)))
+                if partner is not None:
+                    _set_partner(written[-1], partner)
             continue
-        written.append(quantize_onnx(path, quantized_path(path), calib_images, num_calib, method, **options))
+        out = quantize_onnx(path, quantized_path(path), calib_images, num_calib, method, **options)
+        if decoder and meta.graph == "integrated":
+            with tempfile.TemporaryDirectory(prefix="powersam-quant-") as work:
+                shutil.move(str(quantize_decoder_matmuls(out, Path(work) / out.name)), str(out))
+        elif partner is not None:
+            _set_partner(out, partner)
+        written.append(out)
     return written
+
+
+def _set_partner(path: Path, partner: str) -> None:
+    """Rewrite the ``partner`` an interactive pair's graph names in its metadata (in place)."""
+    model = onnx.load(str(path))
+    for entry in model.metadata_props:
+        if entry.key == KEY_PREFIX + "partner":
+            entry.value = partner
+    save_onnx(model, path, check=False)

@@ -371,3 +371,48 @@ def test_decoder_matmuls_dynamic_int8_agrees_with_fp32(exported, tmp_path):
     assert np.mean(ious) >= MIN_MEAN_MASK_IOU, ious
     with pytest.raises(ValueError, match="mask decoder"):
         quantize_decoder_matmuls(exported["encoder"], tmp_path / "x.onnx")
+
+
+def test_int8_decoder_export_pairs_the_two_int8_halves(exported, calib_dir, tmp_path):
+    """``decoder=True`` (``--int8-decoder``): the pair's INT8 encoder and its dynamic-INT8 decoder name each other,
+    so loading either opens both; an integrated graph carries both quantisations in its one file."""
+    import shutil
+
+    pair = [Path(shutil.copy(exported[k], tmp_path / exported[k].name)) for k in ("encoder", "decoder")]
+    encoder_int8, decoder_int8 = quantize_export(pair, calib_dir, 2, decoder=True)
+    assert (encoder_int8.name, decoder_int8.name) == ("encoder.int8.onnx", "decoder.int8.onnx")
+    assert props(encoder_int8)["powersam.partner"] == "decoder.int8.onnx"
+    assert props(decoder_int8)["powersam.partner"] == "encoder.int8.onnx"
+    assert op_counts(decoder_int8)["MatMulInteger"] > 0 and op_counts(pair[1])["MatMulInteger"] == 0
+    for path in (encoder_int8, decoder_int8):
+        predictor = rt.load(path, threads=1)
+        assert (predictor.encoder.path, predictor.decoder.path) == (encoder_int8, decoder_int8)
+    image, boxes = scene(100)
+    predictor.set_image(image)
+    masks, scores, _ = predictor.predict_batch(boxes=boxes, multimask_output=False)
+    assert masks.shape[:2] == (len(boxes), 1) and np.isfinite(scores).all()
+    assert quantize_export(pair, calib_dir, 2) == [encoder_int8], "without it the encoder pairs with the float decoder"
+    assert props(encoder_int8)["powersam.partner"] == "decoder.onnx"
+
+    integrated = Path(shutil.copy(exported["integrated"], tmp_path / exported["integrated"].name))
+    (out,) = quantize_export([integrated], calib_dir, 2, decoder=True)
+    record = props(out)[QUANTIZATION_KEY]
+    assert record.startswith("int8-qdq-static") and "decoder int8-dynamic" in record
+    assert op_counts(out)["MatMulInteger"] > 0 and convs_with_int8_weights(out) > 0
+    detections = rt.load(out, threads=1).predict(scene(101)[0], conf=0.0)
+    assert np.isfinite(detections.scores).all()
+
+
+def test_int8_decoder_flag_needs_an_onnx_int8_export(exported):
+    register_export_formats()
+    parser = argparse.ArgumentParser()
+    add_export_arguments(parser)
+    pair = [exported["encoder"], exported["decoder"]]
+    args = parser.parse_args(["--model", "m", "--out", "x.onnx", "--int8-decoder"])
+    with pytest.raises(ValueError, match="--int8-decoder only applies with --int8"):
+        int8_runner(lambda a: list(pair))(args)
+    from powersam.cli.export import tensorrt_runner
+
+    args = parser.parse_args(["--model", "m", "--out", "x.engine", "--format", "tensorrt", "--int8", "--int8-decoder"])
+    with pytest.raises(ValueError, match="--int8-decoder is for ONNX Runtime"):
+        tensorrt_runner(lambda a: list(pair))(args)

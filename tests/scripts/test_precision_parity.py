@@ -47,9 +47,9 @@ def test_end_to_end(tmp_path, monkeypatch, capsys):
                                       "--num-calib", "2", "--conf", "0.0", "--out", str(out)])
     load_script("precision_parity").main()
     report = json.loads(out.read_text())
-    assert set(report) >= {"fp32", "fp16", "int8_onnxruntime", "int8_tensorrt"}
+    assert set(report) >= {"fp32", "fp16", "int8_onnxruntime", "int8_onnxruntime_decoder", "int8_tensorrt"}
     assert "agreement_with_fp32" not in report["fp32"]
-    for name in ("fp16", "int8_onnxruntime", "int8_tensorrt"):
+    for name in ("fp16", "int8_onnxruntime", "int8_onnxruntime_decoder", "int8_tensorrt"):
         agreement = report[name]["agreement_with_fp32"]
         assert agreement["images"] == 2 and agreement["paired"] > 0
         assert {"box_AP", "box_AP50", "mask_AP", "mask_AP50"} <= set(report[name])
