@@ -12,10 +12,14 @@ process, so machine noise hits both alike; the first round is a warm-up and is d
   decoder MatMuls, :mod:`powersam.deploy.quantize_decoder`), lists the kernels ONNX Runtime actually runs per part
   (its per-node profile: op types, counts, ms), times FP32 against the INT8 variants round-robin and reports the
   mask IoU of each variant against FP32 (5 boxes on each of 3 photos).
+* ``folds [S]``: the exported pair decoder and integrated graph with the mask decoder's inference folds (the
+  default since session 15) against SAM's op sequence (exported under ``reference_ops()``): node counts, largest
+  output difference, round-robin timings.
 
     OMP_NUM_THREADS=1 python scripts/ab_inference.py post|layout [S] [--image PATH] [--rounds N]
     OMP_NUM_THREADS=1 python scripts/ab_inference.py ort path/to/encoder.onnx
     OMP_NUM_THREADS=1 python scripts/ab_inference.py int8 [S] [--rounds N] [--threads N]
+    OMP_NUM_THREADS=2 python scripts/ab_inference.py folds [S] [--rounds N] [--threads 2]
 """
 from __future__ import annotations
 
@@ -290,6 +294,65 @@ def ab_int8(size: int, image_path: str, rounds: int, threads: int = 1) -> None:
               f"min {np.min(ious):.3f} (low-res logits > 0, {len(ious)} masks)")
 
 
+def ab_folds(size: int, image_path: str, rounds: int, threads: int = 1) -> None:
+    """Exported graphs with the decoder's inference folds (the default) against SAM's op sequence
+    (``reference_ops()`` during the export): node counts, output differences, round-robin timings of the pair's
+    decoder (5 boxes) and of the integrated graph (5 detections)."""
+    import contextlib
+
+    import onnx
+    import torch
+
+    from powersam.bench.pipelines import synthetic_boxes
+    from powersam.deploy.onnx_export import export_onnx
+    from powersam.deploy.quantize import ImageCalibrationReader
+    from powersam.inference.timing import StageTimer
+    from powersam.io import load_image
+    from powersam.models.sam.transformer import reference_ops
+    from powersam.models.zoo import build_model
+    from powersam.runtime import GraphSession, OnnxSamPredictor
+
+    torch.manual_seed(0)
+    model = build_model("powersam_s", img_size=size).eval()
+    image = load_image(image_path)
+    boxes = synthetic_boxes(5, image.shape[:2], seed=0).numpy()
+    with tempfile.TemporaryDirectory() as tmp:
+        work, graphs = Path(tmp), {}
+        for name in ("folded", "plain"):
+            with reference_ops() if name == "plain" else contextlib.nullcontext():
+                graphs[name] = (export_onnx(model, work / name, interactive=True, multimask_output=1)
+                                + export_onnx(model, work / f"{name}.onnx", max_det=5))
+        spinning = None if threads == 1 else False
+        sessions = {k: [GraphSession(p, threads=threads, spinning=spinning) for p in v] for k, v in graphs.items()}
+        feeds = ImageCalibrationReader([image], sessions["folded"][2].metadata, max_det=5).feeds(0)
+        feeds["score_thr"] = np.asarray(0.0, dtype=np.float32)
+        times = {f"{k} {part}": [] for k in sessions for part in ("pair decoder, 5 boxes", "integrated graph")}
+        outputs: dict[str, tuple] = {}
+        for r in range(rounds + 1):
+            for name, (encoder, decoder, integrated) in sessions.items():
+                predictor = OnnxSamPredictor(encoder, decoder)
+                predictor.set_image(image)
+                timer = StageTimer()
+                low_res = predictor.predict_batch(boxes=boxes, multimask_output=False, timer=timer)[2]
+                time.sleep(0.05)  # untimed: spinning threads of one run must not slow the next
+                start = time.perf_counter()
+                masks = integrated.run(feeds)["mask_logits"]
+                elapsed = (time.perf_counter() - start) * 1e3
+                time.sleep(0.05)
+                outputs[name] = (low_res, masks)
+                if r:
+                    times[f"{name} pair decoder, 5 boxes"].append(timer.ms["decoder"])
+                    times[f"{name} integrated graph"].append(elapsed)
+        for name, paths in graphs.items():
+            print(f"{name}: decoder graph {len(onnx.load(str(paths[1])).graph.node)} nodes")
+        print(f"S={size}, PowerSAM-S random weights, {threads} thread(s), medians of {rounds} round-robin rounds, ms")
+        for name, values in times.items():
+            print(f"  {name:36s} {np.median(values):7.1f}")
+        for index, what in enumerate(("pair low-res logits", "integrated mask logits")):
+            diff = np.abs(outputs["folded"][index] - outputs["plain"][index]).max()
+            print(f"  {what}: largest difference folded vs plain {diff:.2e}")
+
+
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
     union = np.logical_or(a, b).sum()
     return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
@@ -297,7 +360,7 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 
 def main(argv: list[str]) -> None:
     """``what [arg] [--image PATH] [--rounds N] [--threads N]`` (plain ``sys.argv`` parsing: argparse lives in
-    powersam/cli); ``--threads`` applies to ``int8``."""
+    powersam/cli); ``--threads`` applies to ``int8`` and ``folds``."""
     options = {"--image": DEFAULT_IMAGE, "--rounds": "5", "--threads": "1"}
     positional = []
     items = iter(argv)
@@ -306,13 +369,15 @@ def main(argv: list[str]) -> None:
             options[item] = next(items, options[item])
         else:
             positional.append(item)
-    if not positional or positional[0] not in ("post", "layout", "ort", "int8") or len(positional) > 2:
+    if not positional or positional[0] not in ("post", "layout", "ort", "int8", "folds") or len(positional) > 2:
         raise SystemExit(__doc__)
     what, arg, rounds = positional[0], (positional[1:] or [None])[0], int(options["--rounds"])
     if what == "ort":
         if arg is None:
             raise SystemExit("ort needs the path of an exported graph")
         ab_ort(Path(arg), rounds)
+    elif what == "folds":
+        ab_folds(int(arg or 1024), options["--image"], rounds, int(options["--threads"]))
     elif what == "int8":
         ab_int8(int(arg or 1024), options["--image"], rounds, int(options["--threads"]))
     elif what == "post":

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..common import LayerNorm2d
-from .transformer import TwoWayTransformer, eager_inference, shortcuts_allowed
+from .transformer import TwoWayTransformer, eager_inference, inference_folds, shortcuts_allowed
 
 MultimaskOutput = Union[bool, int]
 
@@ -197,7 +197,7 @@ class MaskDecoder(nn.Module):
         # each parameter used, and the optimiser then sees the zero gradients SAM's decoder gives it.
         computed = token_slice if not torch.is_grad_enabled() and shortcuts_allowed() else slice(None)
         wanted = range(self.num_mask_tokens)[computed]
-        if eager_inference() and isinstance(self.transformer, TwoWayTransformer):
+        if inference_folds() and isinstance(self.transformer, TwoWayTransformer):
             # the IoU token and the wanted mask tokens alone through the final attention (each token attends on
             # its own there): for a box prompt's single mask 2 of its 7 tokens
             hs, src = self.transformer(src, image_pe, tokens, final_tokens=[0, *(1 + i for i in wanted)])

@@ -43,11 +43,20 @@ def _capturing_graph() -> bool:
     return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
+def inference_folds() -> bool:
+    """True outside autograd and :func:`reference_ops`, graph capture included: where the decoder may fold its
+    projections into the few tokens' side (token→image attention without projecting the image keys, image→token
+    attention as two dense products, the final attention for the read tokens only). Exact math, equal to SAM's op
+    sequence up to float rounding, and written for any prompt batch, so an exported graph carries the folds as plain
+    ops; the loops, slicing and in-place tricks of :func:`eager_inference` stay out of graphs."""
+    return _shortcuts_allowed and not torch.is_grad_enabled()
+
+
 def eager_inference() -> bool:
-    """True outside autograd, graph capture and :func:`reference_ops`: where the decoder may take its inference
-    shortcuts (attention over shared keys, few-key attention as dense products, upscaling in cache-sized slices).
-    Training keeps SAM's exact op sequence; an ONNX export traces the plain graph, which ONNX Runtime fuses by its
-    own patterns."""
+    """True outside autograd, graph capture and :func:`reference_ops`: where the decoder may take the shortcuts that
+    depend on the call's own batch and device (one product over keys shared by every prompt, a product per prompt on
+    the CPU, the in-place residual, upscaling in cache-sized slices). Training keeps SAM's exact op sequence; a
+    captured graph gets the folds of :func:`inference_folds` only."""
     return _shortcuts_allowed and not torch.is_grad_enabled() and not _capturing_graph()
 
 
@@ -106,7 +115,7 @@ class Attention(nn.Module):
         """q: B×Nq×C, k and v: B×Nk×C (or 1×Nk×C, shared by the B query sets) → B×Nq×C, plus ``residual``
         (B×Nq×C or 1×Nq×C) when given. ``residual_writable``: the caller no longer needs ``residual``, so inference
         may accumulate the output into it (the returned tensor may then be ``residual`` itself)."""
-        if eager_inference():
+        if inference_folds():
             few_queries, few_keys = q.shape[1] <= FEW_TOKENS, k.shape[1] <= FEW_TOKENS
             if few_queries and k.shape[1] >= MANY_TOKENS:
                 return self._attend_few_queries(q, k, v, residual)
@@ -130,13 +139,16 @@ class Attention(nn.Module):
         heads, head_dim = self.num_heads, self.internal_dim // self.num_heads
         q = self.q_proj(q).view(batch, num_queries, heads, head_dim).transpose(1, 2) / math.sqrt(head_dim)
         folded = q @ self.k_proj.weight.view(1, heads, head_dim, channels)  # B×h×Nq×C
-        rows = folded.reshape(batch * heads * num_queries, channels)  # query rows of every prompt and head
-        if k.shape[0] == 1:  # keys shared by the B prompts: one product for all of them
+        # Keys shared by the B prompts: one product for all of them. Eager only: a captured graph must take any
+        # batch, and the broadcasting product below does (a trace that saw one key set would bake k[0] in).
+        eager = eager_inference()
+        if k.shape[0] == 1 and eager:
+            rows = folded.reshape(batch * heads * num_queries, channels)  # query rows of every prompt and head
             scores = (rows @ k[0].t()).view(batch, heads * num_queries, -1)
         else:
-            scores = folded.view(batch, heads * num_queries, channels) @ k.transpose(1, 2)
+            scores = folded.reshape(batch, heads * num_queries, channels) @ k.transpose(1, 2)
         probs = torch.softmax(scores, dim=-1)  # B×(h·Nq)×Nk
-        if v.shape[0] == 1:
+        if v.shape[0] == 1 and eager:
             mixed = (probs.view(batch * heads * num_queries, -1) @ v[0]).view(batch, heads, num_queries, channels)
         else:
             mixed = (probs @ v).view(batch, heads, num_queries, channels)
@@ -148,8 +160,8 @@ class Attention(nn.Module):
     def attend_projected(self, q: Tensor, k: Tensor, v: Tensor, residual: Tensor | None = None) -> Tensor:
         """Attention of already projected q B×Nq×c, k and v B×Nk×c (c = internal width) → B×Nq×C (+ residual)."""
         batch, num_queries = q.shape[:2]
-        if eager_inference():
-            if batch > 1 and k.shape[0] == 1 and v.shape[0] == 1:
+        if inference_folds():
+            if batch > 1 and k.shape[0] == 1 and v.shape[0] == 1 and eager_inference():
                 # Keys and values shared by every query set (the first layer's token→image attention on one image
                 # for all prompts): each query attends on its own, so the B sets attend side by side as one. A
                 # stride-0 batch instead sends the fused kernel to its slow path, which copies the keys per prompt.
@@ -188,8 +200,11 @@ class Attention(nn.Module):
 
         k_block = block_diagonal(k.reshape(k.shape[0], nk, heads, head_dim).permute(0, 2, 3, 1))  # from B×h×d×Nk
         k_block = k_block / math.sqrt(head_dim)
+        eager = eager_inference()
         if project_queries:  # (q W_qᵀ + b_q) K = q (W_qᵀ K) + b_q K
-            scores = torch.baddbmm((self.q_proj.bias @ k_block).unsqueeze(1), q, self.q_proj.weight.t() @ k_block)
+            weight, bias = self.q_proj.weight.t() @ k_block, (self.q_proj.bias @ k_block).unsqueeze(1)
+            # baddbmm needs equal batches; a captured graph gets the broadcasting product (1 or B query sets)
+            scores = torch.baddbmm(bias, q, weight) if eager else q @ weight + bias
         else:
             scores = q @ k_block  # B×Nq×(h·Nk); a 1×Nq×c q broadcasts over B key sets
         batch = scores.shape[0]
@@ -201,7 +216,7 @@ class Attention(nn.Module):
         values = v_block @ self.out_proj.weight.t() + self.out_proj.bias / heads  # B×(h·Nk)×C
         scores = scores.view(batch, q.shape[1], heads * nk)
         values = values.expand(batch, -1, -1)
-        if q.device.type != "cpu":
+        if q.device.type != "cpu" or not eager:
             out = scores @ values
             return out if residual is None else residual + out
         # One matrix product per prompt on the CPU: a batched product with an inner size of h·Nk (56 for SAM's box
@@ -327,7 +342,7 @@ class TwoWayTransformer(nn.Module):
             image_embedding: B×C×h×w, or 1×C×h×w shared by all B token sets (computed once where it can be).
             image_pe: B×C×h×w or 1×C×h×w positional encoding of the image.
             point_embedding: B×Nt×C prompt/output tokens; also used as the tokens' PE in every layer.
-            final_tokens: at inference (:func:`eager_inference`), the tokens the caller reads: only they go through
+            final_tokens: at inference (:func:`inference_folds`), the tokens the caller reads: only they go through
                 the final token→image attention, in which every token attends on its own. None: all tokens.
         Returns:
             (tokens B×Nt×C — or B×len(final_tokens)×C, those tokens in that order, when final_tokens applied —,
@@ -345,7 +360,7 @@ class TwoWayTransformer(nn.Module):
             queries, keys = layer(queries=queries, keys=keys, query_pe=point_embedding, key_pe=image_pe,
                                   keys_writable=index > 0)
 
-        if final_tokens is not None and eager_inference():
+        if final_tokens is not None and inference_folds():
             index = torch.as_tensor(list(final_tokens), dtype=torch.long, device=queries.device)
             queries, point_embedding = queries[:, index], point_embedding[:, index]
         q = queries + point_embedding
