@@ -395,7 +395,7 @@ def quantize_export(
     for path in map(Path, paths):
         props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
         kinds[path] = GraphMetadata.from_props(props, source=str(path))
-    names = {path.name: meta.graph for path, meta in kinds.items()}
+    names = {path.name for path in kinds}
     written = []
     for path, meta in kinds.items():
         # With the decoder quantised too, the two INT8 halves of a pair name each other.
