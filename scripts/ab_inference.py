@@ -15,11 +15,13 @@ process, so machine noise hits both alike; the first round is a warm-up and is d
 * ``folds [S]``: the exported pair decoder and integrated graph with the mask decoder's inference folds (the
   default since session 15) against SAM's op sequence (exported under ``reference_ops()``): node counts, largest
   output difference, round-robin timings.
+* ``gelu [S]``: INT8 encoder and integrated graphs with the erf-GELUs fused before quantisation (the default since
+  session 15) against without, and FP32: round-robin timings, embedding cosine between the two INT8 forms.
 
     OMP_NUM_THREADS=1 python scripts/ab_inference.py post|layout [S] [--image PATH] [--rounds N]
     OMP_NUM_THREADS=1 python scripts/ab_inference.py ort path/to/encoder.onnx
     OMP_NUM_THREADS=1 python scripts/ab_inference.py int8 [S] [--rounds N] [--threads N]
-    OMP_NUM_THREADS=2 python scripts/ab_inference.py folds [S] [--rounds N] [--threads 2]
+    OMP_NUM_THREADS=2 python scripts/ab_inference.py folds|gelu [S] [--rounds N] [--threads 2]
 """
 from __future__ import annotations
 
@@ -294,6 +296,62 @@ def ab_int8(size: int, image_path: str, rounds: int, threads: int = 1) -> None:
               f"min {np.min(ious):.3f} (low-res logits > 0, {len(ious)} masks)")
 
 
+def ab_gelu(size: int, image_path: str, rounds: int, threads: int = 1) -> None:
+    """INT8 encoder and integrated graphs quantised with the erf-GELUs fused into one node each
+    (:func:`powersam.deploy.quantize.fuse_gelu`, the default since session 15) against the same without it, and the
+    float graphs: round-robin timings of one graph run each, and the embedding cosine between the two INT8 forms."""
+    import contextlib
+    from unittest import mock
+
+    import torch
+
+    import powersam.deploy.quantize as quantize
+    from powersam.deploy.onnx_export import export_onnx
+    from powersam.io import list_images, load_image
+    from powersam.models.zoo import build_model
+    from powersam.runtime import GraphSession
+
+    torch.manual_seed(0)
+    model = build_model("powersam_s", img_size=size).eval()
+    photos = [str(p) for p in list_images(Path(image_path).parent)[:4]]
+    image = load_image(image_path)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        encoder = export_onnx(model, work / "pair", interactive=True, multimask_output=1)[0]
+        (integrated,) = export_onnx(model, work / "m.onnx", max_det=5)
+        graphs = {"encoder fp32": encoder, "integrated fp32": integrated}
+        for form in ("gelu fused", "gelu as exported"):
+            as_exported = mock.patch.object(quantize, "fuse_gelu", lambda src, dst: src)
+            with contextlib.nullcontext() if form == "gelu fused" else as_exported:
+                for name, src in (("encoder", encoder), ("integrated", integrated)):
+                    graphs[f"{name} int8, {form}"] = quantize.quantize_onnx(
+                        src, work / f"{name}.{len(graphs)}.onnx", photos, num_calib=4)
+        sessions = {k: GraphSession(v, threads=threads, spinning=None if threads == 1 else False)
+                    for k, v in graphs.items()}
+        integrated_feeds = quantize.ImageCalibrationReader([image], sessions["integrated fp32"].metadata,
+                                                           max_det=5).feeds(0)
+        integrated_feeds["score_thr"] = np.asarray(0.0, dtype=np.float32)
+        encoder_feeds = {"image": quantize.ImageCalibrationReader([image], sessions["encoder fp32"].metadata)
+                         .feeds(0)["image"]}
+        times: dict[str, list] = {k: [] for k in sessions}
+        outputs = {}
+        for r in range(rounds + 1):
+            for name, session in sessions.items():
+                feeds = integrated_feeds if name.startswith("integrated") else encoder_feeds
+                time.sleep(0.05)  # untimed: spinning threads of one run must not slow the next
+                start = time.perf_counter()
+                outputs[name] = session.run(feeds)
+                if r:
+                    times[name].append((time.perf_counter() - start) * 1e3)
+        print(f"S={size}, PowerSAM-S random weights, {threads} thread(s), medians of {rounds} round-robin rounds, ms")
+        for name, values in times.items():
+            print(f"  {name:34s} {np.median(values):7.1f}")
+        a, b = (outputs[f"encoder int8, {form}"] for form in ("gelu fused", "gelu as exported"))
+        key = next(k for k in a if "embed" in k)
+        x, y = np.ravel(a[key]).astype(np.float64), np.ravel(b[key]).astype(np.float64)
+        print(f"  embedding cosine, INT8 with / without the fusion: {x @ y / np.linalg.norm(x) / np.linalg.norm(y):.5f}")
+
+
 def ab_folds(size: int, image_path: str, rounds: int, threads: int = 1) -> None:
     """Exported graphs with the decoder's inference folds (the default) against SAM's op sequence
     (``reference_ops()`` during the export): node counts, output differences, round-robin timings of the pair's
@@ -360,7 +418,7 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 
 def main(argv: list[str]) -> None:
     """``what [arg] [--image PATH] [--rounds N] [--threads N]`` (plain ``sys.argv`` parsing: argparse lives in
-    powersam/cli); ``--threads`` applies to ``int8`` and ``folds``."""
+    powersam/cli); ``--threads`` applies to ``int8``, ``folds`` and ``gelu``."""
     options = {"--image": DEFAULT_IMAGE, "--rounds": "5", "--threads": "1"}
     positional = []
     items = iter(argv)
@@ -369,13 +427,15 @@ def main(argv: list[str]) -> None:
             options[item] = next(items, options[item])
         else:
             positional.append(item)
-    if not positional or positional[0] not in ("post", "layout", "ort", "int8", "folds") or len(positional) > 2:
+    if not positional or positional[0] not in ("post", "layout", "ort", "int8", "folds", "gelu") or len(positional) > 2:
         raise SystemExit(__doc__)
     what, arg, rounds = positional[0], (positional[1:] or [None])[0], int(options["--rounds"])
     if what == "ort":
         if arg is None:
             raise SystemExit("ort needs the path of an exported graph")
         ab_ort(Path(arg), rounds)
+    elif what == "gelu":
+        ab_gelu(int(arg or 1024), options["--image"], rounds, int(options["--threads"]))
     elif what == "folds":
         ab_folds(int(arg or 1024), options["--image"], rounds, int(options["--threads"]))
     elif what == "int8":

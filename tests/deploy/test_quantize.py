@@ -115,6 +115,10 @@ def test_int8_encoder_graph_and_metadata(exported, int8_encoder):
     record = quantized.pop(QUANTIZATION_KEY)
     assert quantized == source, "the source's metadata is kept as is"
     assert record.startswith("int8-qdq-static") and "minmax on 4 images" in record and f"{total_convs} Conv" in record
+    # each exported erf-GELU is one ONNX Runtime Gelu node, which the quantised graph then runs as one kernel
+    gelus = [n for n in onnx.load(str(int8_encoder)).graph.node if n.op_type == "Gelu"]
+    assert len(gelus) == op_counts(exported["encoder"])["Erf"] > 0 and counts["Erf"] == 0
+    assert all(n.domain == "com.microsoft" for n in gelus) and "GELU as one com.microsoft Gelu node" in record
 
 
 def test_int8_encoder_agrees_with_fp32(exported, int8_encoder):
@@ -198,6 +202,8 @@ def test_tensorrt_form_is_symmetric_int8_with_float_biases(exported, calib_dir, 
     assert dequantized and all(w.dtype == np.int8 for w in dequantized), "weights int8, biases left float"
     assert convs_with_int8_weights(out) == op_counts(src)["Conv"]
     assert "per-channel symmetric; activations int8 per-tensor symmetric; float biases" in props(out)[QUANTIZATION_KEY]
+    assert op_counts(out)["Erf"] == op_counts(src)["Erf"] > 0, "TensorRT's form keeps the standard-op GELU"
+    assert not [n for n in onnx.load(str(out)).graph.node if n.domain == "com.microsoft"]
 
     fp32, int8 = rt.load(src, threads=1), rt.load(out, threads=1)
     image, _ = scene(104)
