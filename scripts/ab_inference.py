@@ -206,6 +206,26 @@ def _print_profile(label: str, table: dict) -> None:
         print(f"    {part:13s} {sum(r[2] for r in rows):7.1f} ms (integer/Q-DQ kernels {integer:.1f}): {shown}")
 
 
+def _graph_feeds(image, metadata, integrated: bool) -> dict:
+    """The feeds of one exported graph for ``image``, as the runtime prepares them: an encoder's image, or an
+    integrated graph's inputs with a zero score threshold and 5 detections (so its decoder always runs)."""
+    from powersam.deploy.quantize import ImageCalibrationReader
+
+    if not integrated:
+        return {"image": ImageCalibrationReader([image], metadata).feeds(0)["image"]}
+    feeds = ImageCalibrationReader([image], metadata, max_det=5).feeds(0)
+    feeds["score_thr"] = np.asarray(0.0, dtype=np.float32)
+    return feeds
+
+
+def _session(path, threads: int):
+    """An ONNX Runtime session; spinning off beyond one thread, where the spinning workers of one variant would
+    slow the next one down."""
+    from powersam.runtime import GraphSession
+
+    return GraphSession(path, threads=threads, spinning=None if threads == 1 else False)
+
+
 def _int8_graphs(size: int, work: Path, photos: list[str]) -> dict[str, Path]:
     import torch
 
@@ -230,27 +250,22 @@ def ab_int8(size: int, image_path: str, rounds: int, threads: int = 1) -> None:
     from powersam.bench.pipelines import synthetic_boxes
     from powersam.inference.timing import StageTimer
     from powersam.io import list_images, load_image
-    from powersam.runtime import GraphSession, OnnxSamPredictor
-    from powersam.deploy.quantize import ImageCalibrationReader
+    from powersam.runtime import OnnxSamPredictor
 
     folder = Path(image_path).parent
     photos = [str(p) for p in list_images(folder)[:8]]
     images = [load_image(image_path)] + [load_image(p) for p in photos[-2:]]
     with tempfile.TemporaryDirectory() as tmp:
         g = _int8_graphs(size, Path(tmp), photos[:4])
-        # Spinning off beyond one thread: spinning workers of one variant would slow the next one down.
-        s = {name: GraphSession(path, threads=threads, spinning=None if threads == 1 else False)
-             for name, path in g.items()}
+        s = {name: _session(path, threads) for name, path in g.items()}
         pairs = {"fp32": ("encoder", "decoder"), "int8 enc": ("encoder int8", "decoder"),
                  "int8 dec": ("encoder", "decoder int8-dyn"), "int8 enc+dec": ("encoder int8", "decoder int8-dyn")}
         boxes = [synthetic_boxes(5, im.shape[:2], seed=i).numpy() for i, im in enumerate(images)]
         # --- what runs in integer form
         pred = OnnxSamPredictor(s["encoder"], s["decoder"])
         pred.set_image(images[0])
-        reader = ImageCalibrationReader([images[0]], s["integrated"].metadata, max_det=5)
-        int_feeds = reader.feeds(0)
-        int_feeds["score_thr"] = np.asarray(0.0, dtype=np.float32)
-        enc_feeds = {"image": ImageCalibrationReader([images[0]], s["encoder"].metadata).feeds(0)["image"]}
+        int_feeds = _graph_feeds(images[0], s["integrated"].metadata, integrated=True)
+        enc_feeds = _graph_feeds(images[0], s["encoder"].metadata, integrated=False)
         captured = {}
         run = pred.decoder.run
         pred.decoder.run = lambda feeds, outputs=None: captured.setdefault("f", feeds) and run(feeds, outputs)
@@ -309,8 +324,6 @@ def ab_gelu(size: int, image_path: str, rounds: int, threads: int = 1) -> None:
     from powersam.deploy.onnx_export import export_onnx
     from powersam.io import list_images, load_image
     from powersam.models.zoo import build_model
-    from powersam.runtime import GraphSession
-
     torch.manual_seed(0)
     model = build_model("powersam_s", img_size=size).eval()
     photos = [str(p) for p in list_images(Path(image_path).parent)[:4]]
@@ -326,13 +339,9 @@ def ab_gelu(size: int, image_path: str, rounds: int, threads: int = 1) -> None:
                 for name, src in (("encoder", encoder), ("integrated", integrated)):
                     graphs[f"{name} int8, {form}"] = quantize.quantize_onnx(
                         src, work / f"{name}.{len(graphs)}.onnx", photos, num_calib=4)
-        sessions = {k: GraphSession(v, threads=threads, spinning=None if threads == 1 else False)
-                    for k, v in graphs.items()}
-        integrated_feeds = quantize.ImageCalibrationReader([image], sessions["integrated fp32"].metadata,
-                                                           max_det=5).feeds(0)
-        integrated_feeds["score_thr"] = np.asarray(0.0, dtype=np.float32)
-        encoder_feeds = {"image": quantize.ImageCalibrationReader([image], sessions["encoder fp32"].metadata)
-                         .feeds(0)["image"]}
+        sessions = {k: _session(v, threads) for k, v in graphs.items()}
+        integrated_feeds = _graph_feeds(image, sessions["integrated fp32"].metadata, integrated=True)
+        encoder_feeds = _graph_feeds(image, sessions["encoder fp32"].metadata, integrated=False)
         times: dict[str, list] = {k: [] for k in sessions}
         outputs = {}
         for r in range(rounds + 1):
@@ -363,12 +372,11 @@ def ab_folds(size: int, image_path: str, rounds: int, threads: int = 1) -> None:
 
     from powersam.bench.pipelines import synthetic_boxes
     from powersam.deploy.onnx_export import export_onnx
-    from powersam.deploy.quantize import ImageCalibrationReader
     from powersam.inference.timing import StageTimer
     from powersam.io import load_image
     from powersam.models.sam.transformer import reference_ops
     from powersam.models.zoo import build_model
-    from powersam.runtime import GraphSession, OnnxSamPredictor
+    from powersam.runtime import OnnxSamPredictor
 
     torch.manual_seed(0)
     model = build_model("powersam_s", img_size=size).eval()
@@ -380,10 +388,8 @@ def ab_folds(size: int, image_path: str, rounds: int, threads: int = 1) -> None:
             with reference_ops() if name == "plain" else contextlib.nullcontext():
                 graphs[name] = (export_onnx(model, work / name, interactive=True, multimask_output=1)
                                 + export_onnx(model, work / f"{name}.onnx", max_det=5))
-        spinning = None if threads == 1 else False
-        sessions = {k: [GraphSession(p, threads=threads, spinning=spinning) for p in v] for k, v in graphs.items()}
-        feeds = ImageCalibrationReader([image], sessions["folded"][2].metadata, max_det=5).feeds(0)
-        feeds["score_thr"] = np.asarray(0.0, dtype=np.float32)
+        sessions = {k: [_session(p, threads) for p in v] for k, v in graphs.items()}
+        feeds = _graph_feeds(image, sessions["folded"][2].metadata, integrated=True)
         times = {f"{k} {part}": [] for k in sessions for part in ("pair decoder, 5 boxes", "integrated graph")}
         outputs: dict[str, tuple] = {}
         for r in range(rounds + 1):
